@@ -136,7 +136,7 @@ def load_sam(directory: str | Path, **overrides) -> Sam:
 def set_frozen_params(model: Sam, params: Mapping[tuple, np.ndarray]) -> None:
     """Overwrite every non-LoRA variable of `model` with `params` (Flax path -> array)."""
     state = nnx.state(model, nnx.Not(nnx.LoRAParam))
-    for path, variable in state.flat_state():
+    for path, variable in nnx.to_flat_state(state):
         value = params[path]
         variable.set_value(jax.numpy.asarray(value, dtype=variable.get_value().dtype))
     nnx.update(model, state)

@@ -65,6 +65,14 @@ def _path(dotted: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
 
 
+def _rename(module: str) -> tuple[str, str] | None:
+    """torch module path -> (Flax module path, layer kind), by the first matching rule."""
+    for pattern, target, kind in _RENAMES:
+        if re.fullmatch(pattern, module):
+            return re.sub(pattern, target, module), kind
+    return None
+
+
 def _map_key(key: str, value: np.ndarray) -> tuple[tuple, np.ndarray] | None:
     """One torch tensor -> (Flax path, array), or None when the key is not SAM's."""
     if key in _TENSORS:
@@ -75,12 +83,10 @@ def _map_key(key: str, value: np.ndarray) -> tuple[tuple, np.ndarray] | None:
     module, _, leaf = key.rpartition(".")
     if leaf not in ("weight", "bias"):
         return None
-    for pattern, target, kind in _RENAMES:
-        if re.fullmatch(pattern, module):
-            flax_module = re.sub(pattern, target, module)
-            break
-    else:
+    renamed = _rename(module)
+    if renamed is None:
         return None
+    flax_module, kind = renamed
     if leaf == "bias":
         return _path(f"{flax_module}.bias"), value
     if kind == "norm":
@@ -124,7 +130,7 @@ def frozen_param_shapes(config: SamConfig) -> dict[tuple, tuple[int, ...]]:
 
     abstract = nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))
     state = nnx.state(abstract, nnx.Not(nnx.LoRAParam))
-    return {path: tuple(v.shape) for path, v in state.flat_state()}
+    return {path: tuple(v.shape) for path, v in nnx.to_flat_state(state)}
 
 
 def _torch_name(path: tuple) -> str:
