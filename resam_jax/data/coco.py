@@ -123,8 +123,8 @@ def read_split(
     file = str(annotation_file)
     skips: list[Skip] = []
 
-    images = _parse_images(data["images"], file, set(excluded_image_ids), skips)
-    annotations = _parse_annotations(data["annotations"], images, file, skips)
+    images, excluded = _parse_images(data["images"], file, set(excluded_image_ids), skips)
+    annotations = _parse_annotations(data["annotations"], images, excluded, file, skips)
 
     def load(image_id: int) -> tuple[ImageRecord | None, list[Skip]]:
         return _load_image(images[image_id], annotations.get(image_id, []), image_dir, file)
@@ -180,8 +180,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _parse_images(entries: list[Any], file: str, excluded: set[int], skips: list[Skip]) -> dict[int, _ImageEntry]:
+def _parse_images(
+    entries: list[Any], file: str, excluded_ids: set[int], skips: list[Skip]
+) -> tuple[dict[int, _ImageEntry], dict[int, str]]:
+    """Usable image entries by id, and the labels of the excluded ones by id."""
     images: dict[int, _ImageEntry] = {}
+    excluded: dict[int, str] = {}
     for index, entry in enumerate(entries):
         label = f"images[{index}]"
         if not isinstance(entry, dict):
@@ -203,11 +207,13 @@ def _parse_images(entries: list[Any], file: str, excluded: set[int], skips: list
         if image_id in images:
             skips.append(Skip(file, label, f"duplicate image id: {image_id} is already used by {images[image_id].label}"))
             continue
-        if image_id in excluded:
-            skips.append(Skip(file, label, "known-bad image: excluded as in the published ReSAM/PointSAM code"))
+        entry = _ImageEntry(index, image_id, file_name, size[0], size[1])
+        if image_id in excluded_ids:
+            skips.append(Skip(file, entry.label, "known-bad image: excluded as in the published ReSAM/PointSAM code"))
+            excluded[image_id] = entry.label
             continue
-        images[image_id] = _ImageEntry(index, image_id, file_name, size[0], size[1])
-    return images
+        images[image_id] = entry
+    return images, excluded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +230,7 @@ class _Annotation:
 
 
 def _parse_annotations(
-    entries: list[Any], images: Mapping[int, _ImageEntry], file: str, skips: list[Skip]
+    entries: list[Any], images: Mapping[int, _ImageEntry], excluded: Mapping[int, str], file: str, skips: list[Skip]
 ) -> dict[int, list[_Annotation]]:
     """Structural checks that need no pixels; rasterising waits for the decoded image."""
     by_image: dict[int, list[_Annotation]] = collections.defaultdict(list)
@@ -236,6 +242,9 @@ def _parse_annotations(
         annotation_id = entry.get("id", index)
         label = f"annotations[{index}] (id {annotation_id})"
         image_id = entry.get("image_id")
+        if image_id in excluded:
+            skips.append(Skip(file, label, f"image skipped: {excluded[image_id]} was rejected"))
+            continue
         if not _is_int(image_id) or image_id not in images:
             skips.append(Skip(file, label, f"missing image: 'image_id' {image_id!r} is not a usable entry of 'images'"))
             continue

@@ -21,7 +21,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from resam_jax.data.builders import BUILDERS, coco_instances_config, load_prepared, prepared_dir
+from resam_jax.data.builders import BUILDERS, coco_instances_config, dataset_root, load_prepared, prepared_dir
 from resam_jax.data.coco import DataError
 
 
@@ -58,6 +58,8 @@ def prepare(
             raise DataError(f"{dataset}/{config} is not built yet in {data_dir}; give --manual-dir with the release")
         manual_dir = Path(manual_dir).expanduser().resolve()
         builder = builder_cls(config=builder_config, data_dir=str(data_dir), file_format="array_record")
+        # Before TFDS: its own manual-dir check fails with an assertion and a traceback.
+        dataset_root(builder.builder_config, manual_dir, builder_cls.DISPLAY_NAME)
         tfds.disable_progress_bar()
         # TFDS announces progress on stdout; the summary must be the only thing printed there.
         with contextlib.redirect_stdout(sys.stderr):
