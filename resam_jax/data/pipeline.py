@@ -27,6 +27,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import flags
 
 from resam_jax.data.builders import load_prepared
 from resam_jax.data.coco import DataError
@@ -201,5 +202,9 @@ def make_dataset(
         grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_batches)
     )
     if config.worker_count > 0:
+        # Grain's workers read absl flags of their own; outside an absl app (tests, notebooks)
+        # nothing has parsed them, and the defaults are what we want.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
     return iterable
