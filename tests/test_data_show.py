@@ -17,8 +17,20 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 def test_grid_shows_weak_and_strong_views_with_prompts(tmp_path, capsys):
     prepare("nwpu_vhr10", manual_dir=nwpu_release(tmp_path / "release"), data_dir=tmp_path / "tfds")
     output = tmp_path / "grid.png"
-    argv = ["--dataset", "nwpu_vhr10", "--data-dir", str(tmp_path / "tfds"), "--num-samples", "3",
-            "--image-size", "64", "--panel-size", "128", "--output", str(output)]
+    argv = [
+        "--dataset",
+        "nwpu_vhr10",
+        "--data-dir",
+        str(tmp_path / "tfds"),
+        "--num-samples",
+        "3",
+        "--image-size",
+        "64",
+        "--panel-size",
+        "128",
+        "--output",
+        str(output),
+    ]
     assert show.main(argv) == 0
     grid = np.asarray(PIL.Image.open(output))
     assert grid.shape == (3 * 128, 2 * 128, 3)
@@ -26,7 +38,7 @@ def test_grid_shows_weak_and_strong_views_with_prompts(tmp_path, capsys):
     config = DataConfig(data_dir=str(tmp_path / "tfds"), image_size=64, read_threads=1, prefetch_batches=1)
     batch = next(iter(make_dataset(config, "train", train=True, seed=0, shard_index=0, shard_count=1)))
     sample = {k: v[0] for k, v in batch.items()}
-    for xy, label in zip(sample["points"][0], sample["point_labels"][0]):
+    for xy, label in zip(sample["points"][0], sample["point_labels"][0], strict=True):
         x, y = ((xy + 0.5) * 2).astype(int)  # 64 -> 128 panel
         colour = show.POSITIVE if label == 1 else show.NEGATIVE
         np.testing.assert_array_equal(grid[y, x], colour)

@@ -1,8 +1,8 @@
 """Datasets (TFDS builders over the published layouts) and the ReSAM input pipeline.
 
-    python -m resam_jax.data.prepare --dataset nwpu_vhr10 --manual-dir data/NWPU --data-dir DIR
-    from resam_jax.data import DataConfig, make_dataset
-    batches = make_dataset(DataConfig(data_dir=DIR), "train", train=True, seed=1337)
+Build once with `python -m resam_jax.data.prepare --dataset nwpu_vhr10 --manual-dir data/NWPU
+--data-dir DIR`, then `make_dataset(DataConfig(data_dir=DIR), "train", train=True, seed=1337)`
+yields batches of the batch contract.
 """
 
 from resam_jax.data.coco import DataError

@@ -95,9 +95,7 @@ def _resolve_shard(shard_index: int | None, shard_count: int | None) -> tuple[in
     return shard_index, shard_count
 
 
-def host_samples(
-    config: DataConfig, split: str, *, train: bool, shard_index: int, shard_count: int
-) -> np.ndarray:
+def host_samples(config: DataConfig, split: str, *, train: bool, shard_index: int, shard_count: int) -> np.ndarray:
     """This host's (record, first instance) rows; evaluation rows padded with (-1, 0)."""
     meta = _split_metadata(config, split)
     rows = chunk_index(meta["num_instances"], config.max_instances)
@@ -142,7 +140,9 @@ class _SampleLoader:
 
     def _open(self):
         if self._source is None:
-            builder = load_prepared(Path(self._config.data_dir).expanduser(), self._config.dataset, self._config.dataset_config)
+            builder = load_prepared(
+                Path(self._config.data_dir).expanduser(), self._config.dataset, self._config.dataset_config
+            )
             self._source = builder.as_data_source(self._split)
         return self._source
 

@@ -129,9 +129,7 @@ def sample_points(
     return points, labels.astype(np.int32)
 
 
-def _sample_outside(
-    crop: MaskCrop, frame: tuple[int, int], n: int, rng: np.random.Generator
-) -> tuple[np.ndarray, int]:
+def _sample_outside(crop: MaskCrop, frame: tuple[int, int], n: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     # Rejection sampling is exact and fast while the object covers little of the frame.
     accepted = np.zeros((0, 2), np.int64)
     for _ in range(8):
@@ -193,9 +191,7 @@ def make_sample(
     weak = resize_image(image, resized)
     crops = resize_rle_masks(rles, (height, width), resized)
     # SAM's apply_coords: x * neww / w, y * newh / h.
-    scaled = np.asarray(boxes, np.float32).reshape(-1, 4) * np.float32(
-        [resized[1] / width, resized[0] / height] * 2
-    )
+    scaled = np.asarray(boxes, np.float32).reshape(-1, 4) * np.float32([resized[1] / width, resized[0] / height] * 2)
     if augment:
         horizontal, vertical = sample_flip(rng, config.flip_probability)
         weak = np.ascontiguousarray(weak[:: -1 if vertical else 1, :: -1 if horizontal else 1])
