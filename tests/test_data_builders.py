@@ -38,9 +38,7 @@ def assert_matches_coco(data_dir: Path, dataset: str, config: str, split: str, a
         height, width = example["image"].shape[:2]
         assert example["image"].shape[2] == 3
         instances = example["instances"]
-        for rle, ann_id, bbox in zip(
-            instances["mask_rle"], instances["annotation_id"], instances["bbox"], strict=True
-        ):
+        for rle, ann_id, bbox in zip(instances["mask_rle"], instances["annotation_id"], instances["bbox"], strict=True):
             ann = coco.anns[int(ann_id)]
             mask = mask_utils.decode({"size": [height, width], "counts": rle})
             np.testing.assert_array_equal(mask, coco.annToMask(ann))
