@@ -137,6 +137,11 @@ def test_evaluation_prompts_do_not_depend_on_the_number_of_hosts(data_dir):
     assert sorted(map(key, real)) == sorted(single) and len(single) == 6
     for sample in real:
         np.testing.assert_array_equal(sample["points"], single[key(sample)]["points"])
+    hosts_of_image = collections.defaultdict(set)
+    for host, samples in enumerate(sharded):
+        for sample in samples:
+            hosts_of_image[int(sample["image_id"])].add(host)
+    assert all(len(hosts) == 1 for image_id, hosts in hosts_of_image.items() if image_id >= 0)
 
 
 def test_training_reshuffles_and_resamples_every_epoch(data_dir):
@@ -154,13 +159,15 @@ def test_training_reshuffles_and_resamples_every_epoch(data_dir):
     assert any(not np.array_equal(p[0], p[1]) for p in by_chunk.values())
 
 
-def test_training_shards_are_disjoint_and_cover_the_split(data_dir):
-    config = _config(data_dir, max_instances=50)
+def test_training_shards_own_whole_images_and_run_equal_steps(data_dir):
+    config = _config(data_dir)  # chunks per image: 1, 3, 1, 1
     rows = [host_samples(config, "train", train=True, shard_index=i, shard_count=2) for i in range(2)]
-    assert sorted(map(tuple, np.concatenate(rows))) == [(r, 0) for r in range(4)]
-    assert not set(map(tuple, rows[0])) & set(map(tuple, rows[1]))
-    with pytest.raises(DataError, match="fewer than the 5 hosts"):
-        host_samples(config, "train", train=True, shard_index=0, shard_count=5)
+    assert [len(r) for r in rows] == [4, 4]
+    # Host 0 owns images 0 and 2 (two chunks) and repeats them to match host 1's four.
+    assert sorted(map(tuple, rows[0])) == [(0, 0), (0, 0), (2, 0), (2, 0)]
+    assert sorted(map(tuple, rows[1])) == [(1, 0), (1, 3), (1, 6), (3, 0)]
+    with pytest.raises(DataError, match="4 images, fewer than the 5 hosts"):
+        host_samples(config, "train", train=True, shard_index=4, shard_count=5)
 
 
 def test_worker_processes_give_the_same_batches(data_dir):

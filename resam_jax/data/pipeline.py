@@ -6,14 +6,15 @@
 
 Every sample is one (image, chunk) pair: an image with more than `max_instances` instances
 becomes several samples, so every instance is used every epoch (the public code trains on
-chunks of 50). The flattened (image, chunk) index is sharded across hosts, shuffled per
-epoch in training, and turned into samples by grain with threads and, optionally, worker
+chunks of 50). The flattened (image, chunk) index is sharded across hosts by image, shuffled
+per epoch in training, and turned into samples by grain with threads and, optionally, worker
 processes. Each sample draws its randomness from (seed, epoch, image, chunk), so training
 views differ every epoch and evaluation prompts depend on the seed alone, not on the number
 of hosts, workers or the batch size.
 
 Evaluation runs one pass; its last batch is filled with empty samples (image_id -1, no
-valid instance) so shapes stay static and every host runs the same number of steps.
+valid instance) so shapes stay static and every host runs the same number of steps. The
+chunks of one image share its image_id: per-image metrics sum over them.
 Pixel normalisation is left to the device (see resam_jax.model.normalize_pixels).
 """
 
@@ -96,15 +97,25 @@ def _resolve_shard(shard_index: int | None, shard_count: int | None) -> tuple[in
 
 
 def host_samples(config: DataConfig, split: str, *, train: bool, shard_index: int, shard_count: int) -> np.ndarray:
-    """This host's (record, first instance) rows; evaluation rows padded with (-1, 0)."""
+    """This host's (record, first instance) rows, the same number on every host.
+
+    Hosts own whole images (record % shard_count), so the chunks of an image are evaluated
+    on one host. Every host gets as many rows as the largest share, so all run the same
+    number of steps: training repeats a few of its own rows, evaluation adds (-1, 0) rows
+    (empty samples) and rounds up to whole batches.
+    """
     meta = _split_metadata(config, split)
     rows = chunk_index(meta["num_instances"], config.max_instances)
+    owner = rows[:, 0] % shard_count
+    per_host = int(np.bincount(owner, minlength=shard_count).max())
+    mine = rows[owner == shard_index]
     if train:
-        if len(rows) < shard_count:
-            raise DataError(f"{config.dataset}/{split} has {len(rows)} samples, fewer than the {shard_count} hosts")
-        return rows[shard_index::shard_count]
-    per_host = math.ceil(len(rows) / shard_count / config.batch_size) * config.batch_size
-    mine = rows[shard_index::shard_count]
+        if len(mine) == 0:
+            raise DataError(
+                f"{config.dataset}/{split} has {len(meta['num_instances'])} images, fewer than the {shard_count} hosts"
+            )
+        return np.resize(mine, (per_host, 2))
+    per_host = math.ceil(per_host / config.batch_size) * config.batch_size
     padding = np.tile(np.int64([[-1, 0]]), (per_host - len(mine), 1))
     return np.concatenate([mine, padding])
 
