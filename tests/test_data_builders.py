@@ -196,7 +196,11 @@ def test_prepare_cli_prints_one_json_object_and_is_a_noop_when_built(tmp_path, c
 @pytest.mark.parametrize(
     ("setup", "expected"),
     [
-        ("missing_manual_dir", "manual dir {manual} does not exist"),
+        (
+            "missing_manual_dir",
+            "manual dir {manual} does not exist; it should hold the NWPU VHR-10 release: "
+            "{manual}/Annotations/NWPU_instances_train.json",
+        ),
         ("wrong_layout", "expected {manual}/Annotations/NWPU_instances_train.json or {manual}/NWPU/Annotations"),
         ("corrupt_json", "NWPU_instances_val.json is not valid JSON: Expecting ':' delimiter at line 1, column"),
         (

@@ -135,9 +135,11 @@ def dataset_root(config: LayoutConfig, manual_dir: Path, display_name: str) -> P
     for root in candidates:
         if any((root / f).is_file() for f in first.annotation_files):
             return root
-    if not manual_dir.is_dir():
-        raise DataError(f"manual dir {manual_dir} does not exist; it should hold the {display_name} release")
     expected = " or ".join(str(root / first.annotation_files[0]) for root in candidates)
+    if not manual_dir.is_dir():
+        raise DataError(
+            f"manual dir {manual_dir} does not exist; it should hold the {display_name} release: {expected}"
+        )
     raise DataError(f"manual dir {manual_dir} does not have the {display_name} layout: expected {expected}")
 
 
