@@ -42,7 +42,8 @@ def assert_matches_coco(data_dir: Path, dataset: str, config: str, split: str, a
             ann = coco.anns[int(ann_id)]
             mask = mask_utils.decode({"size": [height, width], "counts": rle})
             np.testing.assert_array_equal(mask, coco.annToMask(ann))
-            x, y, w, h = ann["bbox"]
+            # Without a bbox in the file, the box is the mask's tight box.
+            x, y, w, h = ann["bbox"] if "bbox" in ann else mask_utils.toBbox(coco.annToRLE(ann))
             np.testing.assert_allclose(bbox, [max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)])
             checked += 1
     return checked
@@ -118,6 +119,7 @@ def _broken_nwpu(root: Path) -> Path:
         dict(image_id=3, segmentation={"size": [50, 50], "counts": [10, 20]}, bbox=[35.0, 35.0, 12.0, 10.0]),
         dict(good, image_id=11),
         dict(good, image_id=13),
+        dict(image_id=4, segmentation=[[40.0, 5.0, 60.0, 5.0, 50.0, 20.0]]),  # no bbox: taken from the mask
     ]
     data = json.loads((base / "Annotations/NWPU_instances_train.json").read_text())
     start = len(data["annotations"])
@@ -132,8 +134,8 @@ def test_every_bad_entry_is_skipped_and_reported(tmp_path):
     manual = _broken_nwpu(tmp_path / "release")
     result = prepare("nwpu_vhr10", manual_dir=manual, data_dir=tmp_path / "tfds")
     train = result["splits"]["train"]
-    # 13 clean instances + the clipped bbox + the compressed and the uncompressed RLE.
-    assert (train["images"], train["instances"]) == (4, 16)
+    # 13 clean instances + the clipped bbox + the compressed and the uncompressed RLE + no bbox.
+    assert (train["images"], train["instances"]) == (4, 17)
     counts = {kind: v["count"] for kind, v in train["skipped"]["by_reason"].items()}
     assert counts == {
         "image file not found": 1,
