@@ -13,9 +13,11 @@ from resam_jax.data.views import (
     make_sample,
     nearest_source_indices,
     pad_offset,
+    paste_masks,
     preprocess_shape,
     resize_image,
     resize_rle_masks,
+    stack_samples,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -25,6 +27,12 @@ SHAPES = [(60, 90), (90, 60), (706, 1082), (800, 800), (37, 1000)]
 
 def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _make(*args, **kwargs) -> dict[str, np.ndarray]:
+    """make_sample as the pipeline delivers it: batched with dense masks, batch dim removed."""
+    batch = paste_masks(stack_samples([make_sample(*args, **kwargs)]))
+    return {key: value[0] for key, value in batch.items()}
 
 
 def _instances(height: int, width: int) -> tuple[list[bytes], np.ndarray]:
@@ -55,7 +63,7 @@ def test_resize_is_sam_resize_longest_side(height, width, size):
         resize_image(image, preprocess_shape(height, width, size)), reference.apply_image(image)
     )
     rles, boxes = _instances(height, width)
-    sample = make_sample(
+    sample = _make(
         image,
         rles,
         boxes,
@@ -99,7 +107,7 @@ def test_an_object_lost_in_the_downscale_keeps_one_pixel():
 def test_padding_is_where_the_config_says(pad, height, width):
     size = 128
     rles, boxes = _instances(height, width)
-    sample = make_sample(
+    sample = _make(
         _image(height, width),
         rles,
         boxes,
@@ -135,13 +143,13 @@ def test_flips_move_image_masks_boxes_and_points_together(pad):
     image = _image(height, width)
     rles, boxes = _instances(height, width)
     config = ViewConfig(image_size=size, pad=pad, max_instances=6, num_points=3, strong_probability=0.0)
-    plain = make_sample(image, rles, boxes, 0, config=config, rng=np.random.default_rng(0), augment=False)
+    plain = _make(image, rles, boxes, 0, config=config, rng=np.random.default_rng(0), augment=False)
     top, left = plain["pad_offset"]
     newh, neww = plain["resized_size"]
     content = (slice(top, top + newh), slice(left, left + neww))
     seen = set()
     for seed in range(24):
-        sample = make_sample(image, rles, boxes, 0, config=config, rng=np.random.default_rng(seed), augment=True)
+        sample = _make(image, rles, boxes, 0, config=config, rng=np.random.default_rng(seed), augment=True)
         np.testing.assert_array_equal(sample["content_mask"], plain["content_mask"])
         np.testing.assert_array_equal(sample["strong_image"], sample["weak_image"])  # strong augs are off here
         flips = [
@@ -194,7 +202,7 @@ def test_points_lie_in_their_masks_in_both_views_with_strong_augmentations():
     rles, boxes = _instances(height, width)
     config = ViewConfig(image_size=80, max_instances=5, num_points=2, strong_probability=1.0)
     for seed in range(5):
-        sample = make_sample(
+        sample = _make(
             _image(height, width, seed), rles, boxes, 9, config=config, rng=np.random.default_rng(seed), augment=True
         )
         # One geometry for both views: the strong image differs only inside the content.
@@ -206,9 +214,7 @@ def test_points_lie_in_their_masks_in_both_views_with_strong_augmentations():
 def test_padded_instance_slots_and_static_shapes():
     rles, boxes = _instances(60, 90)
     config = ViewConfig(image_size=64, max_instances=7, num_points=2)
-    sample = make_sample(
-        _image(60, 90), rles[:3], boxes[:3], 5, config=config, rng=np.random.default_rng(1), augment=True
-    )
+    sample = _make(_image(60, 90), rles[:3], boxes[:3], 5, config=config, rng=np.random.default_rng(1), augment=True)
     shapes = {k: (v.shape, v.dtype) for k, v in sample.items()}
     assert shapes == {
         "weak_image": ((64, 64, 3), np.uint8),
@@ -241,7 +247,7 @@ def test_padded_instance_slots_and_static_shapes():
 
 def test_a_mask_covering_the_whole_image_gets_padding_labels_for_its_negatives():
     full = np.ones((20, 30), np.uint8, order="F")
-    sample = make_sample(
+    sample = _make(
         _image(20, 30),
         [mask_utils.encode(full)["counts"]],
         np.float32([[0, 0, 30, 20]]),
@@ -258,7 +264,7 @@ def test_evaluation_samples_depend_only_on_the_seed():
     config = ViewConfig(image_size=64, num_points=3)
     image = _image(60, 90)
     a, b, c = (
-        make_sample(image, rles, boxes, 0, config=config, rng=np.random.default_rng(seed), augment=False)
+        _make(image, rles, boxes, 0, config=config, rng=np.random.default_rng(seed), augment=False)
         for seed in (5, 5, 6)
     )
     for key in a:
