@@ -58,6 +58,8 @@ class DataConfig:
         for name in ("image_size", "max_instances", "num_points", "batch_size", "read_threads", "prefetch_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.worker_count < 0:
+            raise ValueError(f"worker_count must be >= 0, got {self.worker_count}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> DataConfig:
@@ -120,8 +122,11 @@ def host_samples(config: DataConfig, split: str, *, train: bool, shard_index: in
     return np.concatenate([mine, padding])
 
 
-def steps_per_epoch(config: DataConfig, split: str, *, train: bool, shard_index: int, shard_count: int) -> int:
-    """Batches one pass over this host's samples yields (training drops the last partial one)."""
+def steps_per_epoch(
+    config: DataConfig, split: str, *, train: bool, shard_index: int | None = None, shard_count: int | None = None
+) -> int:
+    """Batches in one pass over this host's samples; the same on every host."""
+    shard_index, shard_count = _resolve_shard(shard_index, shard_count)
     n = len(host_samples(config, split, train=train, shard_index=shard_index, shard_count=shard_count))
     return n // config.batch_size
 
