@@ -68,8 +68,10 @@ def main() -> None:
 
     size = sam_config(args.model_type).image_size
     images = np.random.default_rng(0).normal(size=(args.batch, size, size, 3)).astype(np.float32)
-    print(f"{args.model_type} image encoder, {size}x{size}, batch {args.batch}, "
-          f"jax {jax.__version__} on {jax.devices()[0].device_kind}, median of {args.repeats}")
+    print(
+        f"{args.model_type} image encoder, {size}x{size}, batch {args.batch}, "
+        f"jax {jax.__version__} on {jax.devices()[0].device_kind}, median of {args.repeats}"
+    )
 
     rows = []
     if not args.skip_reference:

@@ -40,13 +40,20 @@ def throughput(config: DataConfig, num_batches: int, warmup: int) -> tuple[float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", help="TFDS dir with nwpu_vhr10 built; default: build into a temp dir")
-    parser.add_argument("--manual-dir", default=os.environ.get("RESAM_NWPU_DIR", REPO_ROOT.parent / "shared/data/NWPU"))
+    parser.add_argument(
+        "--data-dir", help="TFDS dir with nwpu_vhr10 built; default: build into a temp dir"
+    )
+    parser.add_argument(
+        "--manual-dir",
+        default=os.environ.get("RESAM_NWPU_DIR", REPO_ROOT.parent / "shared/data/NWPU"),
+    )
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--max-instances", type=int, default=50)
     parser.add_argument("--num-points", type=int, default=1)
     parser.add_argument("--samples", type=int, default=60)
-    parser.add_argument("--workers", type=int, default=0, help="also measure this many worker processes")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="also measure this many worker processes"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -73,7 +80,9 @@ def main() -> None:
             "images_per_cpu_s": round(cpu_rate, 2),
         }
         if args.workers:
-            parallel = DataConfig(**{**config.__dict__, "worker_count": args.workers, "prefetch_batches": 2})
+            parallel = DataConfig(
+                **{**config.__dict__, "worker_count": args.workers, "prefetch_batches": 2}
+            )
             rate, _ = throughput(parallel, args.samples, warmup=2 * args.workers)
             result[f"images_per_s_{args.workers}_workers"] = round(rate, 2)
     print(json.dumps(result))

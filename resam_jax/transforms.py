@@ -12,14 +12,18 @@ def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
-def resize_longest_side(image: np.ndarray, long_side: int, resample=Image.BILINEAR) -> np.ndarray:
-    """uint8 [H, W(, C)] -> resized so that max(h, w) == long_side.
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W(, C)] -> [h, w(, C)] for size (h, w).
 
     PIL's bilinear filter (antialiased when shrinking) is what SAM's
     torchvision `resize(to_pil_image(image))` runs, so the pixels are the same.
     """
-    height, width = preprocess_shape(image.shape[0], image.shape[1], long_side)
-    return np.asarray(Image.fromarray(image).resize((width, height), resample))
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    """uint8 [H, W(, C)] -> resized so that max(h, w) == long_side, as SAM's ResizeLongestSide."""
+    return resize_image(image, preprocess_shape(image.shape[0], image.shape[1], long_side))
 
 
 def scale_coords(coords: np.ndarray, original_size: tuple[int, int], long_side: int) -> np.ndarray:

@@ -47,7 +47,9 @@ def polygon(box: tuple[float, float, float, float], triangle: bool) -> list[floa
 def write_image(path: Path, spec: ImageSpec) -> None:
     rng = np.random.default_rng(spec.image_id)
     gradient = np.linspace(0, 200, spec.width, dtype=np.float32)[None, :, None]
-    pixels = np.clip(gradient + rng.integers(0, 55, (spec.height, spec.width, 3)), 0, 255).astype(np.uint8)
+    pixels = np.clip(gradient + rng.integers(0, 55, (spec.height, spec.width, 3)), 0, 255).astype(
+        np.uint8
+    )
     image = PIL.Image.fromarray(pixels)
     if spec.mode == "I;16":
         image = PIL.Image.fromarray(pixels[..., 0].astype(np.uint16) * 257)
@@ -69,7 +71,14 @@ def write_split(
     images, annotations = [], []
     for spec in specs:
         write_image(image_dir / spec.disk_name, spec)
-        images.append({"id": spec.image_id, "file_name": spec.file_name, "height": spec.height, "width": spec.width})
+        images.append(
+            {
+                "id": spec.image_id,
+                "file_name": spec.file_name,
+                "height": spec.height,
+                "width": spec.width,
+            }
+        )
         for k, box in enumerate(spec.objects):
             x0, y0, x1, y1 = box
             annotations.append(
@@ -95,7 +104,9 @@ def write_split(
     return data
 
 
-def grid_objects(height: int, width: int, count: int, size: int = 8) -> list[tuple[float, float, float, float]]:
+def grid_objects(
+    height: int, width: int, count: int, size: int = 8
+) -> list[tuple[float, float, float, float]]:
     """`count` non-overlapping objects laid out on a grid inside the image."""
     per_row = max(1, (width - 2) // (size + 2))
     boxes = []
@@ -116,7 +127,10 @@ def nwpu_release(root: Path) -> Path:
         ImageSpec(3, 50, 50, [(5.0, 5.0, 30.0, 45.0)], image_format="PNG", file_name="003.png"),
         ImageSpec(4, 40, 96, grid_objects(40, 96, 3, size=10)),
     ]
-    val = [ImageSpec(5, 64, 64, grid_objects(64, 64, 2, size=14)), ImageSpec(6, 48, 72, [(10.0, 4.0, 60.0, 40.0)])]
+    val = [
+        ImageSpec(5, 64, 64, grid_objects(64, 64, 2, size=14)),
+        ImageSpec(6, 48, 72, [(10.0, 4.0, 60.0, 40.0)]),
+    ]
     write_split(base / "Images", base / "Annotations/NWPU_instances_train.json", train)
     write_split(base / "Images", base / "Annotations/NWPU_instances_val.json", val)
     return base
@@ -128,11 +142,29 @@ def whu_release(root: Path, image_root: str = "images/{split}/image") -> Path:
     for offset, split in enumerate(("train", "val", "test")):
         first = 100 * (offset + 1)
         specs = [
-            ImageSpec(first, 48, 48, grid_objects(48, 48, 3, size=10), file_name=f"t{first}.png", image_format="PNG"),
-            ImageSpec(first + 1, 48, 48, [(4.0, 4.0, 40.0, 20.0)], file_name=f"t{first + 1}.png", image_format="PNG"),
+            ImageSpec(
+                first,
+                48,
+                48,
+                grid_objects(48, 48, 3, size=10),
+                file_name=f"t{first}.png",
+                image_format="PNG",
+            ),
+            ImageSpec(
+                first + 1,
+                48,
+                48,
+                [(4.0, 4.0, 40.0, 20.0)],
+                file_name=f"t{first + 1}.png",
+                image_format="PNG",
+            ),
             ImageSpec(first + 2, 48, 48, [], file_name=f"t{first + 2}.png", image_format="PNG"),
         ]
-        write_split(base / image_root.format(split=split), base / f"annotations/WHU_building_{split}.json", specs)
+        write_split(
+            base / image_root.format(split=split),
+            base / f"annotations/WHU_building_{split}.json",
+            specs,
+        )
     return base
 
 

@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-from data_fixtures import ImageSpec, hrsid_release, nwpu_release, whu_release, write_image, write_split
+from data_fixtures import (
+    ImageSpec,
+    hrsid_release,
+    nwpu_release,
+    whu_release,
+    write_image,
+    write_split,
+)
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
@@ -18,14 +25,18 @@ from resam_jax.data.coco import DataError
 from resam_jax.data.prepare import prepare
 
 # pycocotools 2.0 with numpy 2 warns on every decode; nothing this project can change.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword"
+)
 
 
 def _skipped(data_dir: Path, dataset: str, config: str, split: str) -> list[dict]:
     return load_prepared(data_dir, dataset, config).info.metadata["splits"][split]["skipped"]
 
 
-def assert_matches_coco(data_dir: Path, dataset: str, config: str, split: str, annotation_file: Path) -> int:
+def assert_matches_coco(
+    data_dir: Path, dataset: str, config: str, split: str, annotation_file: Path
+) -> int:
     """Every stored instance equals pycocotools' annToMask and the clipped annotation bbox."""
     coco = COCO()
     coco.dataset = json.loads(annotation_file.read_text())
@@ -38,13 +49,17 @@ def assert_matches_coco(data_dir: Path, dataset: str, config: str, split: str, a
         height, width = example["image"].shape[:2]
         assert example["image"].shape[2] == 3
         instances = example["instances"]
-        for rle, ann_id, bbox in zip(instances["mask_rle"], instances["annotation_id"], instances["bbox"], strict=True):
+        for rle, ann_id, bbox in zip(
+            instances["mask_rle"], instances["annotation_id"], instances["bbox"], strict=True
+        ):
             ann = coco.anns[int(ann_id)]
             mask = mask_utils.decode({"size": [height, width], "counts": rle})
             np.testing.assert_array_equal(mask, coco.annToMask(ann))
             # Without a bbox in the file, the box is the mask's tight box.
             x, y, w, h = ann["bbox"] if "bbox" in ann else mask_utils.toBbox(coco.annToRLE(ann))
-            np.testing.assert_allclose(bbox, [max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)])
+            np.testing.assert_allclose(
+                bbox, [max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)]
+            )
             checked += 1
     return checked
 
@@ -52,20 +67,28 @@ def assert_matches_coco(data_dir: Path, dataset: str, config: str, split: str, a
 def test_nwpu_layout_builds_with_counts_masks_and_pixels(tmp_path):
     manual = nwpu_release(tmp_path / "release")
     result = prepare("nwpu_vhr10", manual_dir=manual, data_dir=tmp_path / "tfds")
-    assert {s: (v["images"], v["instances"], v["skipped"]["total"]) for s, v in result["splits"].items()} == {
+    assert {
+        s: (v["images"], v["instances"], v["skipped"]["total"]) for s, v in result["splits"].items()
+    } == {
         "train": (4, 13, 0),
         "val": (2, 3, 0),
     }
     for split in ("train", "val"):
         checked = assert_matches_coco(
-            tmp_path / "tfds", "nwpu_vhr10", "default", split, manual / f"Annotations/NWPU_instances_{split}.json"
+            tmp_path / "tfds",
+            "nwpu_vhr10",
+            "default",
+            split,
+            manual / f"Annotations/NWPU_instances_{split}.json",
         )
         assert checked == result["splits"][split]["instances"]
     # Released JPEG/PNG bytes are stored as they are: decoding gives the file's own pixels.
     source = load_prepared(tmp_path / "tfds", "nwpu_vhr10", "default").as_data_source("train")
     by_name = {ex["file_name"].decode(): ex["image"] for ex in source}
     for name, pixels in by_name.items():
-        np.testing.assert_array_equal(pixels, np.asarray(PIL.Image.open(manual / "Images" / name).convert("RGB")))
+        np.testing.assert_array_equal(
+            pixels, np.asarray(PIL.Image.open(manual / "Images" / name).convert("RGB"))
+        )
 
 
 def test_parent_of_release_is_accepted_as_manual_dir(tmp_path):
@@ -86,7 +109,9 @@ def _broken_nwpu(root: Path) -> Path:
     rle_mask[35:45, 35:48] = 1
     compressed = mask_utils.encode(rle_mask)
     uncompressed_counts = (
-        [35 * 50 + 35, 10] + sum(([40, 10] for _ in range(12)), []) + [50 * 50 - 35 * 50 - 35 - 10 - 12 * 50]
+        [35 * 50 + 35, 10]
+        + sum(([40, 10] for _ in range(12)), [])
+        + [50 * 50 - 35 * 50 - 35 - 10 - 12 * 50]
     )
     good = dict(image_id=1, segmentation=square, bbox=[5.0, 5.0, 15.0, 15.0])
     spec4_obj = [[86.0, 30.0, 96.0, 30.0, 96.0, 39.0, 86.0, 39.0]]
@@ -108,18 +133,34 @@ def _broken_nwpu(root: Path) -> Path:
         dict(good, bbox=[500.0, 5.0, 15.0, 15.0]),  # far outside the 80-wide image
         dict(good, bbox=[5.0, 5.0, 0.0, 15.0]),
         dict(good, iscrowd=1),
-        dict(image_id=4, segmentation=spec4_obj, bbox=[86.0, 30.0, 11.0, 9.0]),  # 1 px over: clipped
+        dict(
+            image_id=4, segmentation=spec4_obj, bbox=[86.0, 30.0, 11.0, 9.0]
+        ),  # 1 px over: clipped
         dict(
             image_id=3,
             segmentation={"size": [50, 50], "counts": compressed["counts"].decode()},
             bbox=[35.0, 35.0, 13.0, 10.0],
         ),
-        dict(image_id=3, segmentation={"size": [50, 50], "counts": uncompressed_counts}, bbox=[35.0, 35.0, 12.0, 10.0]),
-        dict(image_id=3, segmentation={"size": [40, 50], "counts": [1785, 10, 205]}, bbox=[35.0, 35.0, 12.0, 10.0]),
-        dict(image_id=3, segmentation={"size": [50, 50], "counts": [10, 20]}, bbox=[35.0, 35.0, 12.0, 10.0]),
+        dict(
+            image_id=3,
+            segmentation={"size": [50, 50], "counts": uncompressed_counts},
+            bbox=[35.0, 35.0, 12.0, 10.0],
+        ),
+        dict(
+            image_id=3,
+            segmentation={"size": [40, 50], "counts": [1785, 10, 205]},
+            bbox=[35.0, 35.0, 12.0, 10.0],
+        ),
+        dict(
+            image_id=3,
+            segmentation={"size": [50, 50], "counts": [10, 20]},
+            bbox=[35.0, 35.0, 12.0, 10.0],
+        ),
         dict(good, image_id=11),
         dict(good, image_id=13),
-        dict(image_id=4, segmentation=[[40.0, 5.0, 60.0, 5.0, 50.0, 20.0]]),  # no bbox: taken from the mask
+        dict(
+            image_id=4, segmentation=[[40.0, 5.0, 60.0, 5.0, 50.0, 20.0]]
+        ),  # no bbox: taken from the mask
     ]
     data = json.loads((base / "Annotations/NWPU_instances_train.json").read_text())
     start = len(data["annotations"])
@@ -163,7 +204,9 @@ def test_every_bad_entry_is_skipped_and_reported(tmp_path):
     assert "'image_id' 999" in reasons[f"annotations[{n + 4}] (id {n + 5})"]
     assert "extends 435 px beyond the 80x60 image" in reasons[f"annotations[{n + 5}] (id {n + 6})"]
     assert "RLE size [40, 50] differs" in reasons[f"annotations[{n + 11}] (id {n + 12})"]
-    assert "sum to 30, expected height*width = 2500" in reasons[f"annotations[{n + 12}] (id {n + 13})"]
+    assert (
+        "sum to 30, expected height*width = 2500" in reasons[f"annotations[{n + 12}] (id {n + 13})"]
+    )
     assert "corrupt.jpg" in reasons["images[5] (id 11, corrupt.jpg)"]
     assert "60x80, the JSON says 50x50" in reasons["images[7] (id 13, mismatch.jpg)"]
     assert "already used by images[0] (id 1, 001.jpg)" in reasons["images[8] (id 1)"]
@@ -203,8 +246,14 @@ def test_prepare_cli_prints_one_json_object_and_is_a_noop_when_built(tmp_path, c
             "manual dir {manual} does not exist; it should hold the NWPU VHR-10 release: "
             "{manual}/Annotations/NWPU_instances_train.json",
         ),
-        ("wrong_layout", "expected {manual}/Annotations/NWPU_instances_train.json or {manual}/NWPU/Annotations"),
-        ("corrupt_json", "NWPU_instances_val.json is not valid JSON: Expecting ':' delimiter at line 1, column"),
+        (
+            "wrong_layout",
+            "expected {manual}/Annotations/NWPU_instances_train.json or {manual}/NWPU/Annotations",
+        ),
+        (
+            "corrupt_json",
+            "NWPU_instances_val.json is not valid JSON: Expecting ':' delimiter at line 1, column",
+        ),
         (
             "no_annotations_field",
             "NWPU_instances_val.json: field 'annotations' must be a list of COCO entries, found missing",
@@ -214,7 +263,10 @@ def test_prepare_cli_prints_one_json_object_and_is_a_noop_when_built(tmp_path, c
             "split 'val': expected the annotation file {manual}/Annotations/NWPU_instances_val.json",
         ),
         ("missing_image_dir", "expected the image folder {manual}/Images"),
-        ("empty_split", "split 'val' has no usable image (2 x image file not found, 3 x image skipped)"),
+        (
+            "empty_split",
+            "split 'val' has no usable image (2 x image file not found, 3 x image skipped)",
+        ),
     ],
 )
 def test_prepare_cli_fails_clearly_on_unusable_input(tmp_path, capsys, setup, expected):
@@ -250,22 +302,34 @@ def test_prepare_cli_fails_clearly_on_unusable_input(tmp_path, capsys, setup, ex
 def test_hrsid_inshore_quirks(tmp_path):
     manual = hrsid_release(tmp_path / "release", "inshore")
     result = prepare("hrsid", config="inshore", manual_dir=manual, data_dir=tmp_path / "tfds")
-    assert {s: (v["images"], v["instances"]) for s, v in result["splits"].items()} == {"train": (3, 6), "test": (2, 4)}
+    assert {s: (v["images"], v["instances"]) for s, v in result["splits"].items()} == {
+        "train": (3, 6),
+        "test": (2, 4),
+    }
     for split, num_good, bad in (("train", 3, (351, 375, 376)), ("test", 2, (166,))):
         skipped = _skipped(tmp_path / "tfds", "hrsid", "inshore", split)
         known_bad = [s for s in skipped if s["reason"].startswith("known-bad image")]
-        expected = {f"images[{num_good + i}] (id {image_id}, P{image_id:04d}.jpg)" for i, image_id in enumerate(bad)}
+        expected = {
+            f"images[{num_good + i}] (id {image_id}, P{image_id:04d}.jpg)"
+            for i, image_id in enumerate(bad)
+        }
         assert {s["entry"] for s in known_bad} == expected
         # Their annotations (2 each) are reported as belonging to a skipped image.
         assert len(skipped) == 3 * len(bad)
-        assert all(s["reason"].startswith("image skipped: images[") for s in skipped if s not in known_bad)
+        assert all(
+            s["reason"].startswith("image skipped: images[") for s in skipped if s not in known_bad
+        )
         # .jpg names resolve to the released grey .png files, stored as RGB; category 0 is an instance.
         for example in load_prepared(tmp_path / "tfds", "hrsid", "inshore").as_data_source(split):
             assert example["file_name"].decode().endswith(".jpg")
             assert example["image"].shape == (40, 40, 3)
             assert list(example["instances"]["category_id"]) == [0, 0]
         assert_matches_coco(
-            tmp_path / "tfds", "hrsid", "inshore", split, manual / f"Annotations/inshore/inshore_{split}.json"
+            tmp_path / "tfds",
+            "hrsid",
+            "inshore",
+            split,
+            manual / f"Annotations/inshore/inshore_{split}.json",
         )
 
 
@@ -284,14 +348,24 @@ def test_whu_skips_empty_tiles(tmp_path, image_root):
         assert (summary["images"], summary["instances"]) == (2, 4)
         assert list(summary["skipped"]["by_reason"]) == ["image has no instances"]
         assert_matches_coco(
-            tmp_path / "tfds", "whu_building", "default", split, manual / f"annotations/WHU_building_{split}.json"
+            tmp_path / "tfds",
+            "whu_building",
+            "default",
+            split,
+            manual / f"annotations/WHU_building_{split}.json",
         )
 
 
 def test_coco_instances_with_user_paths(tmp_path, capsys):
     root = tmp_path / "mine"
-    write_split(root / "pictures", root / "labels/a.json", [ImageSpec(7, 30, 40, [(2.0, 2.0, 20.0, 20.0)])])
-    write_split(root / "pictures", root / "labels/b.json", [ImageSpec(8, 30, 40, [(5.0, 5.0, 25.0, 15.0)] * 2)])
+    write_split(
+        root / "pictures", root / "labels/a.json", [ImageSpec(7, 30, 40, [(2.0, 2.0, 20.0, 20.0)])]
+    )
+    write_split(
+        root / "pictures",
+        root / "labels/b.json",
+        [ImageSpec(8, 30, 40, [(5.0, 5.0, 25.0, 15.0)] * 2)],
+    )
     code, out, err = _run_cli(
         capsys,
         "--dataset",
@@ -311,12 +385,21 @@ def test_coco_instances_with_user_paths(tmp_path, capsys):
     )
     assert code == 0, err
     splits = json.loads(out)["splits"]
-    assert {s: (v["images"], v["instances"]) for s, v in splits.items()} == {"train": (1, 1), "holdout": (1, 2)}
-    assert_matches_coco(tmp_path / "tfds", "coco_instances", "mine", "holdout", root / "labels/b.json")
+    assert {s: (v["images"], v["instances"]) for s, v in splits.items()} == {
+        "train": (1, 1),
+        "holdout": (1, 2),
+    }
+    assert_matches_coco(
+        tmp_path / "tfds", "coco_instances", "mine", "holdout", root / "labels/b.json"
+    )
 
 
 def test_coco_instances_rejects_a_predefined_config_name_for_user_paths(tmp_path):
     with pytest.raises(DataError, match="needs a new --config name"):
         prepare(
-            "coco_instances", config="default", manual_dir=tmp_path, data_dir=tmp_path, annotations={"train": "a.json"}
+            "coco_instances",
+            config="default",
+            manual_dir=tmp_path,
+            data_dir=tmp_path,
+            annotations={"train": "a.json"},
         )

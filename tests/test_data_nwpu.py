@@ -17,7 +17,9 @@ from resam_jax.data.pipeline import DataConfig, host_samples, make_dataset
 from resam_jax.data.prepare import prepare
 
 pytestmark = [
-    pytest.mark.skipif(nwpu_real_dir() is None, reason="real NWPU VHR-10 not found next to the repository"),
+    pytest.mark.skipif(
+        nwpu_real_dir() is None, reason="real NWPU VHR-10 not found next to the repository"
+    ),
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
 ]
 
@@ -31,7 +33,10 @@ def nwpu(tmp_path_factory):
 
 def test_counts_match_the_published_split(nwpu):
     _, summary = nwpu
-    counts = {s: (v["images"], v["instances"], v["skipped"]["total"]) for s, v in summary["splits"].items()}
+    counts = {
+        s: (v["images"], v["instances"], v["skipped"]["total"])
+        for s, v in summary["splits"].items()
+    }
     assert counts == {"train": (520, 3178, 0), "val": (130, 743, 0)}
 
 
@@ -46,7 +51,9 @@ def test_masks_equal_pycocotools_ann_to_mask(nwpu, split):
         height, width = example["image"].shape[:2]
         expected_ids = sorted(coco.getAnnIds(imgIds=int(example["image_id"])))
         assert sorted(int(i) for i in example["instances"]["annotation_id"]) == expected_ids
-        for rle, ann_id in zip(example["instances"]["mask_rle"], example["instances"]["annotation_id"], strict=True):
+        for rle, ann_id in zip(
+            example["instances"]["mask_rle"], example["instances"]["annotation_id"], strict=True
+        ):
             mask = mask_utils.decode({"size": [height, width], "counts": rle})
             np.testing.assert_array_equal(mask, coco.annToMask(coco.anns[int(ann_id)]))
             checked += 1
@@ -56,7 +63,9 @@ def test_masks_equal_pycocotools_ann_to_mask(nwpu, split):
 def test_evaluation_pass_uses_every_instance_once(nwpu):
     data_dir, _ = nwpu
     config = DataConfig(data_dir=str(data_dir), image_size=128, max_instances=50, batch_size=8)
-    metadata = json.loads((data_dir / "nwpu_vhr10/default/1.0.0/metadata.json").read_text())["splits"]["val"]
+    metadata = json.loads((data_dir / "nwpu_vhr10/default/1.0.0/metadata.json").read_text())[
+        "splits"
+    ]["val"]
     assert max(metadata["num_instances"]) > 50  # so chunking is exercised
     rows = host_samples(config, "val", train=False, shard_index=0, shard_count=1)
     assert (rows[:, 0] >= 0).sum() == sum(math.ceil(n / 50) for n in metadata["num_instances"])
@@ -72,7 +81,12 @@ def test_training_batches_at_1024(nwpu):
     for batch in itertools.islice(
         make_dataset(config, "train", train=True, seed=1337, shard_index=0, shard_count=1), 3
     ):
-        assert batch["weak_image"].shape == (1, 1024, 1024, 3) and batch["masks"].shape == (1, 50, 1024, 1024)
+        assert batch["weak_image"].shape == (1, 1024, 1024, 3) and batch["masks"].shape == (
+            1,
+            50,
+            1024,
+            1024,
+        )
         top, left = batch["pad_offset"][0]
         newh, neww = batch["resized_size"][0]
         assert max(newh, neww) == 1024 and (top, left) == ((1024 - newh) // 2, (1024 - neww) // 2)

@@ -68,7 +68,9 @@ def test_sharpen_enhances_an_edge():
     image = np.zeros((8, 8, 3), np.uint8)
     image[:, 4:] = 200
     out = photometric.sharpen(image, alpha=0.5, lightness=1.0).astype(int)
-    assert out[4, 4, 0] > 200 and out[4, 2, 0] == 0  # overshoot on the bright side, flat side untouched
+    assert (
+        out[4, 4, 0] > 200 and out[4, 2, 0] == 0
+    )  # overshoot on the bright side, flat side untouched
 
 
 def test_halving_lightness_matches_colorsys_hls():
@@ -105,6 +107,8 @@ def test_strong_augment_probability_and_determinism(probability):
 def test_strong_augment_applies_each_transform_about_half_the_time():
     image = _image(4, (16, 16, 3))
     rng = np.random.default_rng(0)
-    unchanged = sum(np.array_equal(photometric.strong_augment(image, rng), image) for _ in range(400))
+    unchanged = sum(
+        np.array_equal(photometric.strong_augment(image, rng), image) for _ in range(400)
+    )
     # All six skipped: 1/64 of the draws.
     assert 0 < unchanged < 20

@@ -12,10 +12,18 @@ import pytest
 from data_fixtures import hrsid_release, nwpu_release, whu_release
 
 from resam_jax.data.coco import DataError
-from resam_jax.data.pipeline import DataConfig, chunk_index, host_samples, make_dataset, steps_per_epoch
+from resam_jax.data.pipeline import (
+    DataConfig,
+    chunk_index,
+    host_samples,
+    make_dataset,
+    steps_per_epoch,
+)
 from resam_jax.data.prepare import prepare
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword"
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +32,12 @@ def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     prepare("nwpu_vhr10", manual_dir=nwpu_release(root / "release"), data_dir=root / "tfds")
     prepare("whu_building", manual_dir=whu_release(root / "release"), data_dir=root / "tfds")
-    prepare("hrsid", config="inshore", manual_dir=hrsid_release(root / "release"), data_dir=root / "tfds")
+    prepare(
+        "hrsid",
+        config="inshore",
+        manual_dir=hrsid_release(root / "release"),
+        data_dir=root / "tfds",
+    )
     return root / "tfds"
 
 
@@ -43,7 +56,9 @@ def _config(data_dir, **overrides) -> DataConfig:
 
 
 def _batches(config, split, *, train, seed=0, shard_index=0, shard_count=1, limit=None):
-    dataset = make_dataset(config, split, train=train, seed=seed, shard_index=shard_index, shard_count=shard_count)
+    dataset = make_dataset(
+        config, split, train=train, seed=seed, shard_index=shard_index, shard_count=shard_count
+    )
     batches = []
     for batch in dataset:
         batches.append(batch)
@@ -53,7 +68,11 @@ def _batches(config, split, *, train, seed=0, shard_index=0, shard_count=1, limi
 
 
 def _samples(batches):
-    return [{k: v[i] for k, v in batch.items()} for batch in batches for i in range(len(batch["image_id"]))]
+    return [
+        {k: v[i] for k, v in batch.items()}
+        for batch in batches
+        for i in range(len(batch["image_id"]))
+    ]
 
 
 @pytest.mark.parametrize(
@@ -65,8 +84,12 @@ def _samples(batches):
     ],
 )
 @pytest.mark.parametrize("train", [True, False])
-def test_batches_have_the_contract_shapes_for_every_dataset(data_dir, dataset, dataset_config, split, train):
-    config = _config(data_dir, dataset=dataset, dataset_config=dataset_config, image_size=48, max_instances=4)
+def test_batches_have_the_contract_shapes_for_every_dataset(
+    data_dir, dataset, dataset_config, split, train
+):
+    config = _config(
+        data_dir, dataset=dataset, dataset_config=dataset_config, image_size=48, max_instances=4
+    )
     expected = {
         "weak_image": ((2, 48, 48, 3), np.uint8),
         "strong_image": ((2, 48, 48, 3), np.uint8),
@@ -88,7 +111,9 @@ def test_batches_have_the_contract_shapes_for_every_dataset(data_dir, dataset, d
 
 
 def test_chunk_index_covers_every_instance_once():
-    np.testing.assert_array_equal(chunk_index([2, 7, 3], 3), [[0, 0], [1, 0], [1, 3], [1, 6], [2, 0]])
+    np.testing.assert_array_equal(
+        chunk_index([2, 7, 3], 3), [[0, 0], [1, 0], [1, 3], [1, 6], [2, 0]]
+    )
     assert chunk_index([], 3).shape == (0, 2)
 
 
@@ -101,10 +126,14 @@ def test_every_instance_is_used_once_per_epoch(data_dir):
     assert per_image == {1: 2, 2: 7, 3: 1, 4: 3}
     assert sum(int(s["image_id"]) == 2 for s in samples) == 3
     # The chunks of one image hold different instances.
-    boxes = [tuple(b) for s in samples if s["image_id"] == 2 for b in s["boxes"][s["instance_valid"]]]
+    boxes = [
+        tuple(b) for s in samples if s["image_id"] == 2 for b in s["boxes"][s["instance_valid"]]
+    ]
     assert len(set(boxes)) == 7
 
-    train = _samples(_batches(config, "train", train=True, limit=3))  # 6 samples = one epoch, shuffled
+    train = _samples(
+        _batches(config, "train", train=True, limit=3)
+    )  # 6 samples = one epoch, shuffled
     assert sorted(int(s["instance_valid"].sum()) for s in train) == sorted(
         int(s["instance_valid"].sum()) for s in samples
     )
@@ -131,7 +160,10 @@ def test_evaluation_prompts_do_not_depend_on_the_number_of_hosts(data_dir):
         return int(sample["image_id"]), tuple(sample["boxes"][0])
 
     single = {key(s): s for s in _samples(_batches(config, "train", train=False))}
-    sharded = [_samples(_batches(config, "train", train=False, shard_index=i, shard_count=4)) for i in range(4)]
+    sharded = [
+        _samples(_batches(config, "train", train=False, shard_index=i, shard_count=4))
+        for i in range(4)
+    ]
     assert len({len(host) for host in sharded}) == 1  # every host runs the same number of steps
     real = [s for host in sharded for s in host if s["image_id"] >= 0]
     assert sorted(map(key, real)) == sorted(single) and len(single) == 6
@@ -149,7 +181,9 @@ def test_training_reshuffles_and_resamples_every_epoch(data_dir):
     samples = _samples(_batches(config, "train", train=True))
     assert len(samples) == 3 * 6
     epochs = [samples[6 * e : 6 * (e + 1)] for e in range(3)]
-    orders = [[(int(s["image_id"]), int(s["instance_valid"].sum())) for s in epoch] for epoch in epochs]
+    orders = [
+        [(int(s["image_id"]), int(s["instance_valid"].sum())) for s in epoch] for epoch in epochs
+    ]
     assert all(sorted(order) == sorted(orders[0]) for order in orders)
     assert len({tuple(order) for order in orders}) > 1
     by_chunk = collections.defaultdict(list)
@@ -161,7 +195,9 @@ def test_training_reshuffles_and_resamples_every_epoch(data_dir):
 
 def test_training_shards_own_whole_images_and_run_equal_steps(data_dir):
     config = _config(data_dir)  # chunks per image: 1, 3, 1, 1
-    rows = [host_samples(config, "train", train=True, shard_index=i, shard_count=2) for i in range(2)]
+    rows = [
+        host_samples(config, "train", train=True, shard_index=i, shard_count=2) for i in range(2)
+    ]
     assert [len(r) for r in rows] == [4, 4]
     # Host 0 owns images 0 and 2 (two chunks) and repeats them to match host 1's four.
     assert sorted(map(tuple, rows[0])) == [(0, 0), (0, 0), (2, 0), (2, 0)]
@@ -173,7 +209,9 @@ def test_training_shards_own_whole_images_and_run_equal_steps(data_dir):
 def test_worker_processes_give_the_same_batches(data_dir):
     config = _config(data_dir)
     in_process = _batches(config, "val", train=False)
-    with_workers = _batches(DataConfig(**{**config.__dict__, "worker_count": 1}), "val", train=False)
+    with_workers = _batches(
+        DataConfig(**{**config.__dict__, "worker_count": 1}), "val", train=False
+    )
     assert len(in_process) == len(with_workers)
     for a, b in zip(in_process, with_workers, strict=True):
         for key in a:
@@ -198,10 +236,17 @@ def test_config_from_config_dict_and_its_errors(data_dir):
     with pytest.raises(ValueError, match="pad must be"):
         DataConfig(pad="left")
     with pytest.raises(DataError, match="has no split 'validation'; it has train, val"):
-        make_dataset(_config(data_dir), "validation", train=False, seed=0, shard_index=0, shard_count=1)
+        make_dataset(
+            _config(data_dir), "validation", train=False, seed=0, shard_index=0, shard_count=1
+        )
     with pytest.raises(DataError, match="is not built: expected .*coco_instances/default/1.0.0"):
         make_dataset(
-            _config(data_dir, dataset="coco_instances"), "train", train=False, seed=0, shard_index=0, shard_count=1
+            _config(data_dir, dataset="coco_instances"),
+            "train",
+            train=False,
+            seed=0,
+            shard_index=0,
+            shard_count=1,
         )
 
 

@@ -14,13 +14,14 @@ from resam_jax.data.views import (
     nearest_source_indices,
     pad_offset,
     paste_masks,
-    preprocess_shape,
-    resize_image,
     resize_rle_masks,
     stack_samples,
 )
+from resam_jax.transforms import preprocess_shape, resize_image
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword"
+)
 
 SHAPES = [(60, 90), (90, 60), (706, 1082), (800, 800), (37, 1000)]
 
@@ -46,7 +47,9 @@ def _instances(height: int, width: int) -> tuple[list[bytes], np.ndarray]:
         ]
     )
     rles = [
-        mask_utils.merge(mask_utils.frPyObjects([polygon(tuple(b), triangle=i % 2 == 1)], height, width))["counts"]
+        mask_utils.merge(
+            mask_utils.frPyObjects([polygon(tuple(b), triangle=i % 2 == 1)], height, width)
+        )["counts"]
         for i, b in enumerate(boxes)
     ]
     return rles, boxes
@@ -57,7 +60,9 @@ def _instances(height: int, width: int) -> tuple[list[bytes], np.ndarray]:
 def test_resize_is_sam_resize_longest_side(height, width, size):
     transforms = pytest.importorskip("segment_anything.utils.transforms")
     reference = transforms.ResizeLongestSide(size)
-    assert preprocess_shape(height, width, size) == reference.get_preprocess_shape(height, width, size)
+    assert preprocess_shape(height, width, size) == reference.get_preprocess_shape(
+        height, width, size
+    )
     image = _image(height, width)
     np.testing.assert_array_equal(
         resize_image(image, preprocess_shape(height, width, size)), reference.apply_image(image)
@@ -72,25 +77,37 @@ def test_resize_is_sam_resize_longest_side(height, width, size):
         rng=np.random.default_rng(0),
         augment=False,
     )
-    np.testing.assert_allclose(sample["boxes"][:4], reference.apply_boxes(boxes, (height, width)), rtol=1e-6)
+    np.testing.assert_allclose(
+        sample["boxes"][:4], reference.apply_boxes(boxes, (height, width)), rtol=1e-6
+    )
 
 
-@pytest.mark.parametrize(("source", "target"), [(706, 668), (512, 1024), (800, 1024), (1082, 1024), (7, 3)])
+@pytest.mark.parametrize(
+    ("source", "target"), [(706, 668), (512, 1024), (800, 1024), (1082, 1024), (7, 3)]
+)
 def test_nearest_source_indices_are_pil_nearest(source, target):
     column = np.arange(source, dtype=np.int32)[:, None]
-    pil = np.asarray(PIL.Image.fromarray(column, mode="I").resize((1, target), PIL.Image.NEAREST))[:, 0]
+    pil = np.asarray(PIL.Image.fromarray(column, mode="I").resize((1, target), PIL.Image.NEAREST))[
+        :, 0
+    ]
     np.testing.assert_array_equal(nearest_source_indices(source, target), pil)
 
 
-@pytest.mark.parametrize(("height", "width", "size"), [(706, 1082, 1024), (60, 90, 1024), (800, 800, 64)])
+@pytest.mark.parametrize(
+    ("height", "width", "size"), [(706, 1082, 1024), (60, 90, 1024), (800, 800, 64)]
+)
 def test_mask_crops_equal_the_nearest_resize_of_the_full_mask(height, width, size):
     rles, _ = _instances(height, width)
     target = preprocess_shape(height, width, size)
     rows, cols = nearest_source_indices(height, target[0]), nearest_source_indices(width, target[1])
     for rle, crop in zip(rles, resize_rle_masks(rles, (height, width), target), strict=True):
-        expected = mask_utils.decode({"size": [height, width], "counts": rle})[np.ix_(rows, cols)].astype(bool)
+        expected = mask_utils.decode({"size": [height, width], "counts": rle})[
+            np.ix_(rows, cols)
+        ].astype(bool)
         placed = np.zeros(target, bool)
-        placed[crop.top : crop.top + crop.mask.shape[0], crop.left : crop.left + crop.mask.shape[1]] = crop.mask
+        placed[
+            crop.top : crop.top + crop.mask.shape[0], crop.left : crop.left + crop.mask.shape[1]
+        ] = crop.mask
         np.testing.assert_array_equal(placed, expected)
 
 
@@ -119,7 +136,10 @@ def test_padding_is_where_the_config_says(pad, height, width):
     newh, neww = preprocess_shape(height, width, size)
     top, left = ((size - newh) // 2, (size - neww) // 2) if pad == "center" else (0, 0)
     assert tuple(sample["pad_offset"]) == (top, left) == pad_offset((newh, neww), size, pad)
-    assert tuple(sample["resized_size"]) == (newh, neww) and tuple(sample["original_size"]) == (height, width)
+    assert tuple(sample["resized_size"]) == (newh, neww) and tuple(sample["original_size"]) == (
+        height,
+        width,
+    )
     expected_content = np.zeros((size, size), bool)
     expected_content[top : top + newh, left : left + neww] = True
     np.testing.assert_array_equal(sample["content_mask"], expected_content)
@@ -130,7 +150,9 @@ def test_padding_is_where_the_config_says(pad, height, width):
     assert (sample["boxes"][valid][:, [0, 2]] >= left).all() and (
         sample["boxes"][valid][:, [0, 2]] <= left + neww
     ).all()
-    assert (sample["boxes"][valid][:, [1, 3]] >= top).all() and (sample["boxes"][valid][:, [1, 3]] <= top + newh).all()
+    assert (sample["boxes"][valid][:, [1, 3]] >= top).all() and (
+        sample["boxes"][valid][:, [1, 3]] <= top + newh
+    ).all()
 
 
 def _flip(array: np.ndarray, horizontal: bool, vertical: bool) -> np.ndarray:
@@ -142,16 +164,22 @@ def test_flips_move_image_masks_boxes_and_points_together(pad):
     height, width, size = 60, 90, 100
     image = _image(height, width)
     rles, boxes = _instances(height, width)
-    config = ViewConfig(image_size=size, pad=pad, max_instances=6, num_points=3, strong_probability=0.0)
+    config = ViewConfig(
+        image_size=size, pad=pad, max_instances=6, num_points=3, strong_probability=0.0
+    )
     plain = _make(image, rles, boxes, 0, config=config, rng=np.random.default_rng(0), augment=False)
     top, left = plain["pad_offset"]
     newh, neww = plain["resized_size"]
     content = (slice(top, top + newh), slice(left, left + neww))
     seen = set()
     for seed in range(24):
-        sample = _make(image, rles, boxes, 0, config=config, rng=np.random.default_rng(seed), augment=True)
+        sample = _make(
+            image, rles, boxes, 0, config=config, rng=np.random.default_rng(seed), augment=True
+        )
         np.testing.assert_array_equal(sample["content_mask"], plain["content_mask"])
-        np.testing.assert_array_equal(sample["strong_image"], sample["weak_image"])  # strong augs are off here
+        np.testing.assert_array_equal(
+            sample["strong_image"], sample["weak_image"]
+        )  # strong augs are off here
         flips = [
             (h, v)
             for h in (False, True)
@@ -173,7 +201,9 @@ def test_flips_move_image_masks_boxes_and_points_together(pad):
             expected[:, [0, 2]] = neww - expected[:, [2, 0]]
         if vertical:
             expected[:, [1, 3]] = newh - expected[:, [3, 1]]
-        np.testing.assert_allclose(sample["boxes"][:4], expected + np.float32([left, top, left, top]), atol=1e-4)
+        np.testing.assert_allclose(
+            sample["boxes"][:4], expected + np.float32([left, top, left, top]), atol=1e-4
+        )
         _assert_points_follow_masks(sample, config.num_points)
     assert seen == {(False, False), (True, False), (False, True), (True, True)}
 
@@ -203,7 +233,13 @@ def test_points_lie_in_their_masks_in_both_views_with_strong_augmentations():
     config = ViewConfig(image_size=80, max_instances=5, num_points=2, strong_probability=1.0)
     for seed in range(5):
         sample = _make(
-            _image(height, width, seed), rles, boxes, 9, config=config, rng=np.random.default_rng(seed), augment=True
+            _image(height, width, seed),
+            rles,
+            boxes,
+            9,
+            config=config,
+            rng=np.random.default_rng(seed),
+            augment=True,
         )
         # One geometry for both views: the strong image differs only inside the content.
         assert not np.array_equal(sample["strong_image"], sample["weak_image"])
@@ -214,7 +250,15 @@ def test_points_lie_in_their_masks_in_both_views_with_strong_augmentations():
 def test_padded_instance_slots_and_static_shapes():
     rles, boxes = _instances(60, 90)
     config = ViewConfig(image_size=64, max_instances=7, num_points=2)
-    sample = _make(_image(60, 90), rles[:3], boxes[:3], 5, config=config, rng=np.random.default_rng(1), augment=True)
+    sample = _make(
+        _image(60, 90),
+        rles[:3],
+        boxes[:3],
+        5,
+        config=config,
+        rng=np.random.default_rng(1),
+        augment=True,
+    )
     shapes = {k: (v.shape, v.dtype) for k, v in sample.items()}
     assert shapes == {
         "weak_image": ((64, 64, 3), np.uint8),
@@ -231,7 +275,11 @@ def test_padded_instance_slots_and_static_shapes():
         "pad_offset": ((2,), np.int32),
     }
     np.testing.assert_array_equal(sample["instance_valid"], [True] * 3 + [False] * 4)
-    assert not sample["masks"][3:].any() and not sample["boxes"][3:].any() and not sample["points"][3:].any()
+    assert (
+        not sample["masks"][3:].any()
+        and not sample["boxes"][3:].any()
+        and not sample["points"][3:].any()
+    )
     assert (sample["point_labels"][3:] == -1).all()
     with pytest.raises(ValueError, match="exceed max_instances=2"):
         make_sample(

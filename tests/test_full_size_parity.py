@@ -26,7 +26,9 @@ pytestmark = pytest.mark.slow
 
 PROMPTS = {
     "points-multimask": dict(
-        point_coords=np.array([[310.0, 205.0], [120.0, 400.0]]), point_labels=np.array([1, 0]), multimask_output=True
+        point_coords=np.array([[310.0, 205.0], [120.0, 400.0]]),
+        point_labels=np.array([1, 0]),
+        multimask_output=True,
     ),
     "box": dict(box=np.array([200.0, 150.0, 420.0, 330.0]), multimask_output=False),
     "points+box": dict(
@@ -42,7 +44,10 @@ def smooth_image(height, width, seed=0):
     """A photo-like image: smooth colour fields plus texture, so masks have real structure."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width] / max(height, width)
-    channels = [np.sin(6 * x * rng.uniform(0.5, 2) + 4 * y * rng.uniform(0.5, 2) + rng.uniform(0, 6)) for _ in range(3)]
+    channels = [
+        np.sin(6 * x * rng.uniform(0.5, 2) + 4 * y * rng.uniform(0.5, 2) + rng.uniform(0, 6))
+        for _ in range(3)
+    ]
     image = 127 + 90 * np.stack(channels, -1) + rng.normal(0, 12, (height, width, 3))
     return np.clip(image, 0, 255).astype(np.uint8)
 
@@ -53,7 +58,10 @@ def vit_b(tmp_path_factory):
     reference = build_reference(sam_config("vit_b"), seed=21)
     root = tmp_path_factory.mktemp("vit_b")
     torch.save(reference.state_dict(), root / "sam_vit_b.pth")
-    assert convert_main(["--checkpoint", str(root / "sam_vit_b.pth"), "--output", str(root / "ckpt")]) == 0
+    assert (
+        convert_main(["--checkpoint", str(root / "sam_vit_b.pth"), "--output", str(root / "ckpt")])
+        == 0
+    )
     image = smooth_image(600, 800)
     predictor = TorchPredictor(reference)
     predictor.set_image(image)
@@ -89,7 +97,9 @@ def test_predictions(vit_b, jax_predictor, prompt):
     logit_diff = np.abs(actual_low_res - low_res).max()
     iou_diff = np.abs(actual_iou - iou).max()
     mask_diff = (actual_masks != masks).mean()
-    print(f"{prompt}: low-res logits {logit_diff:.2e}, IoU {iou_diff:.2e}, mask pixels {100 * mask_diff:.4f}%")
+    print(
+        f"{prompt}: low-res logits {logit_diff:.2e}, IoU {iou_diff:.2e}, mask pixels {100 * mask_diff:.4f}%"
+    )
     assert logit_diff <= 1e-2
     assert iou_diff <= 1e-3
     assert mask_diff <= 1e-4
@@ -127,7 +137,12 @@ def test_large_models_convert_and_match_one_block(model_type, tmp_path):
     config = sam_config(model_type)
     reference = build_reference(config, seed=31)
     torch.save(reference.state_dict(), tmp_path / "sam.pth")
-    assert convert_main(["--checkpoint", str(tmp_path / "sam.pth"), "--output", str(tmp_path / "ckpt")]) == 0
+    assert (
+        convert_main(
+            ["--checkpoint", str(tmp_path / "sam.pth"), "--output", str(tmp_path / "ckpt")]
+        )
+        == 0
+    )
     loaded_config, params = load_sam_params(tmp_path / "ckpt")
     assert loaded_config == config
     expected, _ = torch_to_flax({k: v.numpy() for k, v in reference.state_dict().items()})
@@ -136,7 +151,11 @@ def test_large_models_convert_and_match_one_block(model_type, tmp_path):
         np.testing.assert_array_equal(params[path], expected[path], err_msg=str(path))
 
     # One windowed and one global block, with the converted weights, against the reference.
-    tokens = np.random.default_rng(0).normal(size=(1, 64, 64, config.encoder_embed_dim)).astype(np.float32)
+    tokens = (
+        np.random.default_rng(0)
+        .normal(size=(1, 64, 64, config.encoder_embed_dim))
+        .astype(np.float32)
+    )
     for index in (0, config.encoder_global_attn_indexes[0]):
         window = 0 if index in config.encoder_global_attn_indexes else config.window_size
         block = Block(
@@ -149,6 +168,8 @@ def test_large_models_convert_and_match_one_block(model_type, tmp_path):
         nnx.update(block, state)
         with torch.no_grad():
             want = reference.image_encoder.blocks[index](t(tokens)).numpy()
-        np.testing.assert_allclose(np.asarray(block(jnp.asarray(tokens))), want, rtol=1e-4, atol=5e-4)
+        np.testing.assert_allclose(
+            np.asarray(block(jnp.asarray(tokens))), want, rtol=1e-4, atol=5e-4
+        )
         del block
     del reference

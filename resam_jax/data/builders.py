@@ -109,7 +109,9 @@ class CocoLayoutBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
                     "file_name": image.file_name,
                     "instances": {
                         "mask_rle": [i.rle.decode("ascii") for i in image.instances],
-                        "bbox": np.array([i.bbox for i in image.instances], np.float32).reshape(-1, 4),
+                        "bbox": np.array([i.bbox for i in image.instances], np.float32).reshape(
+                            -1, 4
+                        ),
                         "area": [i.area for i in image.instances],
                         "annotation_id": [i.annotation_id for i in image.instances],
                         "category_id": [i.category_id for i in image.instances],
@@ -140,10 +142,14 @@ def dataset_root(config: LayoutConfig, manual_dir: Path, display_name: str) -> P
         raise DataError(
             f"manual dir {manual_dir} does not exist; it should hold the {display_name} release: {expected}"
         )
-    raise DataError(f"manual dir {manual_dir} does not have the {display_name} layout: expected {expected}")
+    raise DataError(
+        f"manual dir {manual_dir} does not have the {display_name} layout: expected {expected}"
+    )
 
 
-def read_layout(config: LayoutConfig, manual_dir: Path, display_name: str) -> dict[str, SplitContents]:
+def read_layout(
+    config: LayoutConfig, manual_dir: Path, display_name: str
+) -> dict[str, SplitContents]:
     """Validates every split of the layout; raises `DataError` before anything is written."""
     root = dataset_root(config, manual_dir, display_name)
     located = {split: _locate_split(root, split, layout) for split, layout in config.splits.items()}
@@ -155,7 +161,10 @@ def read_layout(config: LayoutConfig, manual_dir: Path, display_name: str) -> di
     for split, c in contents.items():
         if not c.images:
             reasons = c.summary()["skipped"]["by_reason"]
-            detail = ", ".join(f"{r['count']} x {kind}" for kind, r in reasons.items()) or "the file lists no images"
+            detail = (
+                ", ".join(f"{r['count']} x {kind}" for kind, r in reasons.items())
+                or "the file lists no images"
+            )
             raise DataError(f"{c.annotation_file}: split '{split}' has no usable image ({detail})")
     return contents
 
@@ -164,11 +173,15 @@ def _locate_split(root: Path, split: str, layout: SplitLayout) -> tuple[Path, Pa
     annotation = next((root / f for f in layout.annotation_files if (root / f).is_file()), None)
     if annotation is None:
         tried = ", ".join(str(root / f) for f in layout.annotation_files)
-        raise DataError(f"split '{split}': expected the annotation file {tried}, but it does not exist")
+        raise DataError(
+            f"split '{split}': expected the annotation file {tried}, but it does not exist"
+        )
     image_dir = next((root / d for d in layout.image_dirs if (root / d).is_dir()), None)
     if image_dir is None:
         tried = ", ".join(str(root / d) for d in layout.image_dirs)
-        raise DataError(f"split '{split}': expected the image folder {tried}, but it does not exist")
+        raise DataError(
+            f"split '{split}': expected the image folder {tried}, but it does not exist"
+        )
     return annotation, image_dir
 
 
@@ -259,17 +272,23 @@ class CocoInstances(CocoLayoutBuilder):
     BUILDER_CONFIGS = [
         LayoutConfig(
             name="default",
-            splits={split: SplitLayout((f"annotations/{split}.json",), ("images",)) for split in ("train", "val")},
+            splits={
+                split: SplitLayout((f"annotations/{split}.json",), ("images",))
+                for split in ("train", "val")
+            },
         )
     ]
 
 
-def coco_instances_config(name: str, annotations: Mapping[str, str], images: str = "images") -> LayoutConfig:
+def coco_instances_config(
+    name: str, annotations: Mapping[str, str], images: str = "images"
+) -> LayoutConfig:
     """A `coco_instances` config: split -> JSON file, one images folder (relative to the manual dir or absolute)."""
     if not annotations:
         raise DataError("coco_instances needs at least one split=annotation.json")
     return LayoutConfig(
-        name=name, splits={split: SplitLayout((path,), (images,)) for split, path in annotations.items()}
+        name=name,
+        splits={split: SplitLayout((path,), (images,)) for split, path in annotations.items()},
     )
 
 

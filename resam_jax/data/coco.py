@@ -34,7 +34,9 @@ ALTERNATE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 # PIL modes whose conversion to 8-bit RGB is lossless or standard (alpha is dropped).
-RGB_CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
+RGB_CONVERTIBLE_MODES = frozenset(
+    {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"}
+)
 
 
 class DataError(Exception):
@@ -93,7 +95,9 @@ class SplitContents:
                 "by_reason": {
                     kind: {
                         "count": len(skips),
-                        "examples": [dataclasses.asdict(s) for s in skips[:max_examples_per_reason]],
+                        "examples": [
+                            dataclasses.asdict(s) for s in skips[:max_examples_per_reason]
+                        ],
                     }
                     for kind, skips in sorted(by_reason.items())
                 },
@@ -146,15 +150,23 @@ def _load_json(path: Path) -> dict[str, Any]:
         with path.open("rb") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+        raise DataError(
+            f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
+        ) from None
     except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not valid JSON: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise DataError(
+            f"{path} is not valid JSON: not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
     if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object with 'images' and 'annotations', got {type(data).__name__}")
+        raise DataError(
+            f"{path}: expected a JSON object with 'images' and 'annotations', got {type(data).__name__}"
+        )
     for field in ("images", "annotations"):
         if not isinstance(data.get(field), list):
             found = "missing" if field not in data else type(data[field]).__name__
-            raise DataError(f"{path}: field '{field}' must be a list of COCO entries, found {found}")
+            raise DataError(
+                f"{path}: field '{field}' must be a list of COCO entries, found {found}"
+            )
     return data
 
 
@@ -188,33 +200,61 @@ def _parse_images(
     for index, entry in enumerate(entries):
         label = f"images[{index}]"
         if not isinstance(entry, dict):
-            skips.append(Skip(file, label, f"malformed image entry: expected an object, got {type(entry).__name__}"))
+            skips.append(
+                Skip(
+                    file,
+                    label,
+                    f"malformed image entry: expected an object, got {type(entry).__name__}",
+                )
+            )
             continue
         image_id, file_name = entry.get("id"), entry.get("file_name")
         if not _is_int(image_id):
-            skips.append(Skip(file, label, f"malformed image entry: 'id' must be an integer, got {image_id!r}"))
+            skips.append(
+                Skip(
+                    file, label, f"malformed image entry: 'id' must be an integer, got {image_id!r}"
+                )
+            )
             continue
         label = f"images[{index}] (id {image_id})"
         if not isinstance(file_name, str) or not file_name:
             skips.append(
-                Skip(file, label, f"malformed image entry: 'file_name' must be a non-empty string, got {file_name!r}")
+                Skip(
+                    file,
+                    label,
+                    f"malformed image entry: 'file_name' must be a non-empty string, got {file_name!r}",
+                )
             )
             continue
         size = [entry.get("height"), entry.get("width")]
         # height/width are optional: the decoded file is authoritative when they are absent.
         if any(v is not None and not (_is_int(v) and v > 0) for v in size):
             skips.append(
-                Skip(file, label, f"malformed image entry: 'height'/'width' must be positive integers, got {size}")
+                Skip(
+                    file,
+                    label,
+                    f"malformed image entry: 'height'/'width' must be positive integers, got {size}",
+                )
             )
             continue
         if image_id in images:
             skips.append(
-                Skip(file, label, f"duplicate image id: {image_id} is already used by {images[image_id].label}")
+                Skip(
+                    file,
+                    label,
+                    f"duplicate image id: {image_id} is already used by {images[image_id].label}",
+                )
             )
             continue
         entry = _ImageEntry(index, image_id, file_name, size[0], size[1])
         if image_id in excluded_ids:
-            skips.append(Skip(file, entry.label, "known-bad image: excluded as in the published ReSAM/PointSAM code"))
+            skips.append(
+                Skip(
+                    file,
+                    entry.label,
+                    "known-bad image: excluded as in the published ReSAM/PointSAM code",
+                )
+            )
             excluded[image_id] = entry.label
             continue
         images[image_id] = entry
@@ -235,14 +275,24 @@ class _Annotation:
 
 
 def _parse_annotations(
-    entries: list[Any], images: Mapping[int, _ImageEntry], excluded: Mapping[int, str], file: str, skips: list[Skip]
+    entries: list[Any],
+    images: Mapping[int, _ImageEntry],
+    excluded: Mapping[int, str],
+    file: str,
+    skips: list[Skip],
 ) -> dict[int, list[_Annotation]]:
     """Structural checks that need no pixels; rasterising waits for the decoded image."""
     by_image: dict[int, list[_Annotation]] = collections.defaultdict(list)
     for index, entry in enumerate(entries):
         label = f"annotations[{index}]"
         if not isinstance(entry, dict):
-            skips.append(Skip(file, label, f"malformed annotation: expected an object, got {type(entry).__name__}"))
+            skips.append(
+                Skip(
+                    file,
+                    label,
+                    f"malformed annotation: expected an object, got {type(entry).__name__}",
+                )
+            )
             continue
         annotation_id = entry.get("id", index)
         label = f"annotations[{index}] (id {annotation_id})"
@@ -251,11 +301,21 @@ def _parse_annotations(
             skips.append(Skip(file, label, f"image skipped: {excluded[image_id]} was rejected"))
             continue
         if not _is_int(image_id) or image_id not in images:
-            skips.append(Skip(file, label, f"missing image: 'image_id' {image_id!r} is not a usable entry of 'images'"))
+            skips.append(
+                Skip(
+                    file,
+                    label,
+                    f"missing image: 'image_id' {image_id!r} is not a usable entry of 'images'",
+                )
+            )
             continue
         if entry.get("iscrowd", 0):
             skips.append(
-                Skip(file, label, "crowd annotation: iscrowd=1 marks a region of many objects, not an instance")
+                Skip(
+                    file,
+                    label,
+                    "crowd annotation: iscrowd=1 marks a region of many objects, not an instance",
+                )
             )
             continue
         problem = _segmentation_problem(entry.get("segmentation"))
@@ -263,8 +323,16 @@ def _parse_annotations(
             skips.append(Skip(file, label, f"bad segmentation: {problem}"))
             continue
         bbox = entry.get("bbox")
-        if bbox is not None and not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
-            skips.append(Skip(file, label, f"bad bbox: expected [x, y, width, height] of finite numbers, got {bbox!r}"))
+        if bbox is not None and not (
+            isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))
+        ):
+            skips.append(
+                Skip(
+                    file,
+                    label,
+                    f"bad bbox: expected [x, y, width, height] of finite numbers, got {bbox!r}",
+                )
+            )
             continue
         category_id = entry.get("category_id", -1)
         by_image[image_id].append(
@@ -294,7 +362,9 @@ def _segmentation_problem(segmentation: Any) -> str | None:
         return None
     if isinstance(segmentation, dict):
         counts, size = segmentation.get("counts"), segmentation.get("size")
-        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
+        if not (
+            isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)
+        ):
             return f"RLE 'size' must be [height, width], got {size!r}"
         if isinstance(counts, list):
             if not all(_is_int(c) and c >= 0 for c in counts):
@@ -324,7 +394,9 @@ def _load_image(
 ) -> tuple[ImageRecord | None, list[Skip]]:
     def skip_image(reason: str) -> tuple[None, list[Skip]]:
         own = Skip(file, entry.label, reason)
-        orphans = [Skip(file, a.label, f"image skipped: {entry.label} was rejected") for a in annotations]
+        orphans = [
+            Skip(file, a.label, f"image skipped: {entry.label} was rejected") for a in annotations
+        ]
         return None, [own, *orphans]
 
     path = _resolve_image_path(image_dir, entry.file_name)
@@ -344,7 +416,10 @@ def _load_image(
         return skip_image(
             f"unsupported pixel format: {path} has PIL mode {mode}; convert it to 8-bit RGB or grey first"
         )
-    if (entry.height, entry.width) != (None, None) and (entry.height, entry.width) != (height, width):
+    if (entry.height, entry.width) != (None, None) and (entry.height, entry.width) != (
+        height,
+        width,
+    ):
         return skip_image(
             f"image size mismatch: {path} is {height}x{width}, the JSON says {entry.height}x{entry.width}"
         )
@@ -361,7 +436,11 @@ def _load_image(
     if not instances:
         return None, [
             *skips,
-            Skip(file, entry.label, f"image has no instances: all {len(annotations)} annotations were rejected"),
+            Skip(
+                file,
+                entry.label,
+                f"image has no instances: all {len(annotations)} annotations were rejected",
+            ),
         ]
     record = ImageRecord(entry.image_id, path, entry.file_name, height, width, tuple(instances))
     return record, skips

@@ -21,7 +21,9 @@ import PIL.ImageFilter
 STRONG_PROBABILITY = 0.5
 
 
-def strong_augment(image: np.ndarray, rng: np.random.Generator, probability: float = STRONG_PROBABILITY) -> np.ndarray:
+def strong_augment(
+    image: np.ndarray, rng: np.random.Generator, probability: float = STRONG_PROBABILITY
+) -> np.ndarray:
     """Each augmentation independently with `probability`; parameters drawn only when applied."""
     if rng.random() < probability:
         image = posterize(image, bits=4)
@@ -32,7 +34,9 @@ def strong_augment(image: np.ndarray, rng: np.random.Generator, probability: flo
     if rng.random() < probability:
         image = solarize(image, threshold=128)
     if rng.random() < probability:
-        image = brightness_contrast(image, contrast=1.0 + rng.uniform(-0.2, 0.2), brightness=rng.uniform(-0.2, 0.2))
+        image = brightness_contrast(
+            image, contrast=1.0 + rng.uniform(-0.2, 0.2), brightness=rng.uniform(-0.2, 0.2)
+        )
     if rng.random() < probability:
         image = random_shadow(image, rng)
     return image

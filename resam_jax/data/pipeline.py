@@ -32,13 +32,22 @@ from absl import flags
 
 from resam_jax.data.builders import load_prepared
 from resam_jax.data.coco import DataError
-from resam_jax.data.views import Pad, ViewConfig, empty_sample, make_sample, paste_masks, stack_samples
+from resam_jax.data.views import (
+    Pad,
+    ViewConfig,
+    empty_sample,
+    make_sample,
+    paste_masks,
+    stack_samples,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     dataset: str = "nwpu_vhr10"  # nwpu_vhr10 | whu_building | hrsid | coco_instances
-    dataset_config: str = "default"  # hrsid: inshore | offshore | all; coco_instances: the name it was built with
+    dataset_config: str = (
+        "default"  # hrsid: inshore | offshore | all; coco_instances: the name it was built with
+    )
     data_dir: str = "~/tensorflow_datasets"
     image_size: int = 1024  # S: longest side after resize, and the padded square
     pad: Pad = "center"  # "center" (public ReSAM code) | "bottom_right" (SAM)
@@ -55,7 +64,14 @@ class DataConfig:
     def __post_init__(self):
         if self.pad not in ("center", "bottom_right"):
             raise ValueError(f"pad must be 'center' or 'bottom_right', got {self.pad!r}")
-        for name in ("image_size", "max_instances", "num_points", "batch_size", "read_threads", "prefetch_batches"):
+        for name in (
+            "image_size",
+            "max_instances",
+            "num_points",
+            "batch_size",
+            "read_threads",
+            "prefetch_batches",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.worker_count < 0:
@@ -84,7 +100,11 @@ class DataConfig:
 
 def chunk_index(num_instances: Sequence[int], max_instances: int) -> np.ndarray:
     """[M, 2] int64 rows (record, first instance): one per chunk of <= max_instances instances."""
-    rows = [(record, first) for record, n in enumerate(num_instances) for first in range(0, n, max_instances)]
+    rows = [
+        (record, first)
+        for record, n in enumerate(num_instances)
+        for first in range(0, n, max_instances)
+    ]
     return np.array(rows, np.int64).reshape(-1, 2)
 
 
@@ -98,7 +118,9 @@ def _resolve_shard(shard_index: int | None, shard_count: int | None) -> tuple[in
     return shard_index, shard_count
 
 
-def host_samples(config: DataConfig, split: str, *, train: bool, shard_index: int, shard_count: int) -> np.ndarray:
+def host_samples(
+    config: DataConfig, split: str, *, train: bool, shard_index: int, shard_count: int
+) -> np.ndarray:
     """This host's (record, first instance) rows, the same number on every host.
 
     Hosts own whole images (record % shard_count), so the chunks of an image are evaluated
@@ -123,26 +145,39 @@ def host_samples(config: DataConfig, split: str, *, train: bool, shard_index: in
 
 
 def steps_per_epoch(
-    config: DataConfig, split: str, *, train: bool, shard_index: int | None = None, shard_count: int | None = None
+    config: DataConfig,
+    split: str,
+    *,
+    train: bool,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
 ) -> int:
     """Batches in one pass over this host's samples; the same on every host."""
     shard_index, shard_count = _resolve_shard(shard_index, shard_count)
-    n = len(host_samples(config, split, train=train, shard_index=shard_index, shard_count=shard_count))
+    n = len(
+        host_samples(config, split, train=train, shard_index=shard_index, shard_count=shard_count)
+    )
     return n // config.batch_size
 
 
 def _split_metadata(config: DataConfig, split: str) -> dict[str, Any]:
-    builder = load_prepared(Path(config.data_dir).expanduser(), config.dataset, config.dataset_config)
+    builder = load_prepared(
+        Path(config.data_dir).expanduser(), config.dataset, config.dataset_config
+    )
     splits = builder.info.metadata["splits"]
     if split not in splits:
-        raise DataError(f"{config.dataset}/{config.dataset_config} has no split {split!r}; it has {', '.join(splits)}")
+        raise DataError(
+            f"{config.dataset}/{config.dataset_config} has no split {split!r}; it has {', '.join(splits)}"
+        )
     return splits[split]
 
 
 class _SampleLoader:
     """(index, (record, first)) -> sample dict. Picklable, so grain can ship it to workers."""
 
-    def __init__(self, config: DataConfig, split: str, *, seed: int, train: bool, epoch_length: int):
+    def __init__(
+        self, config: DataConfig, split: str, *, seed: int, train: bool, epoch_length: int
+    ):
         self._config = config
         self._split = split
         self._seed = seed
@@ -157,7 +192,9 @@ class _SampleLoader:
     def _open(self):
         if self._source is None:
             builder = load_prepared(
-                Path(self._config.data_dir).expanduser(), self._config.dataset, self._config.dataset_config
+                Path(self._config.data_dir).expanduser(),
+                self._config.dataset,
+                self._config.dataset_config,
             )
             self._source = builder.as_data_source(self._split)
         return self._source
@@ -207,14 +244,17 @@ def make_dataset(
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     shard_index, shard_count = _resolve_shard(shard_index, shard_count)
-    rows = host_samples(config, split, train=train, shard_index=shard_index, shard_count=shard_count)
+    rows = host_samples(
+        config, split, train=train, shard_index=shard_index, shard_count=shard_count
+    )
     loader = _SampleLoader(config, split, seed=seed, train=train, epoch_length=len(rows))
 
     dataset = grain.MapDataset.source(rows)
     if train:
         dataset = dataset.shuffle(seed=seed + shard_index).repeat(config.num_epochs)
     read_options = grain.ReadOptions(
-        num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_batches * config.batch_size
+        num_threads=config.read_threads,
+        prefetch_buffer_size=config.prefetch_batches * config.batch_size,
     )
     iterable = (
         dataset.map_with_index(loader)
@@ -226,7 +266,9 @@ def make_dataset(
         # nothing has parsed them, and the defaults are what we want.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
+        iterable = iterable.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=config.worker_count)
+        )
     # Dense masks (~52 MB per 1024 sample with 50 slots, nearly all zeros) are made here, in the
     # consuming process: handing them between processes cost more than building a sample.
     return iterable.map(paste_masks)

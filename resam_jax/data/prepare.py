@@ -21,7 +21,13 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from resam_jax.data.builders import BUILDERS, coco_instances_config, dataset_root, load_prepared, prepared_dir
+from resam_jax.data.builders import (
+    BUILDERS,
+    coco_instances_config,
+    dataset_root,
+    load_prepared,
+    prepared_dir,
+)
 from resam_jax.data.coco import DataError
 
 
@@ -41,30 +47,42 @@ def prepare(
     known = [c.name for c in builder_cls.BUILDER_CONFIGS]
     if annotations:
         if dataset != "coco_instances":
-            raise DataError(f"--annotations describes a coco_instances layout; {dataset} has a fixed layout")
+            raise DataError(
+                f"--annotations describes a coco_instances layout; {dataset} has a fixed layout"
+            )
         if not config or config in known:
-            raise DataError(f"--annotations needs a new --config name for the data set (not {', '.join(known)})")
+            raise DataError(
+                f"--annotations needs a new --config name for the data set (not {', '.join(known)})"
+            )
         builder_config = coco_instances_config(config, annotations, images)
     else:
         config = config or known[0]
         if config not in known:
-            raise DataError(f"unknown config {config!r} for {dataset}; expected one of {', '.join(known)}")
+            raise DataError(
+                f"unknown config {config!r} for {dataset}; expected one of {', '.join(known)}"
+            )
         builder_config = config
 
     data_dir = Path(data_dir).expanduser().resolve()
     already_built = (prepared_dir(data_dir, dataset, config) / "dataset_info.json").is_file()
     if not already_built:
         if manual_dir is None:
-            raise DataError(f"{dataset}/{config} is not built yet in {data_dir}; give --manual-dir with the release")
+            raise DataError(
+                f"{dataset}/{config} is not built yet in {data_dir}; give --manual-dir with the release"
+            )
         manual_dir = Path(manual_dir).expanduser().resolve()
-        builder = builder_cls(config=builder_config, data_dir=str(data_dir), file_format="array_record")
+        builder = builder_cls(
+            config=builder_config, data_dir=str(data_dir), file_format="array_record"
+        )
         # Before TFDS: its own manual-dir check fails with an assertion and a traceback.
         dataset_root(builder.builder_config, manual_dir, builder_cls.DISPLAY_NAME)
         tfds.disable_progress_bar()
         # TFDS announces progress on stdout; the summary must be the only thing printed there.
         with contextlib.redirect_stdout(sys.stderr):
             builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir), try_download_gcs=False)
+                download_config=tfds.download.DownloadConfig(
+                    manual_dir=str(manual_dir), try_download_gcs=False
+                )
             )
     return summary(data_dir, dataset, config, built_now=not already_built)
 
@@ -89,11 +107,20 @@ def _split_path(text: str) -> tuple[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resam_jax.data.prepare", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m resam_jax.data.prepare", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
-    parser.add_argument("--config", help="builder config (hrsid: inshore|offshore|all); a new name for coco_instances")
-    parser.add_argument("--manual-dir", type=Path, help="folder holding the published release (needed to build)")
-    parser.add_argument("--data-dir", type=Path, required=True, help="where the TFDS files are written")
+    parser.add_argument(
+        "--config",
+        help="builder config (hrsid: inshore|offshore|all); a new name for coco_instances",
+    )
+    parser.add_argument(
+        "--manual-dir", type=Path, help="folder holding the published release (needed to build)"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, required=True, help="where the TFDS files are written"
+    )
     parser.add_argument(
         "--annotations",
         type=_split_path,
@@ -101,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SPLIT=JSON",
         help="coco_instances only: one per split, relative to --manual-dir or absolute",
     )
-    parser.add_argument("--images", default="images", help="coco_instances only: images folder (default: images)")
+    parser.add_argument(
+        "--images", default="images", help="coco_instances only: images folder (default: images)"
+    )
     args = parser.parse_args(argv)
     try:
         result = prepare(

@@ -35,7 +35,9 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
     return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
 
 
-def render_view(image: np.ndarray, sample: Mapping[str, np.ndarray], panel_size: int, title: str) -> PIL.Image.Image:
+def render_view(
+    image: np.ndarray, sample: Mapping[str, np.ndarray], panel_size: int, title: str
+) -> PIL.Image.Image:
     """One view with overlays, scaled to panel_size x panel_size."""
     canvas = image.astype(np.float32)
     canvas[~sample["content_mask"]] = PADDING
@@ -45,7 +47,9 @@ def render_view(image: np.ndarray, sample: Mapping[str, np.ndarray], panel_size:
         mask = sample["masks"][i]
         canvas[mask] = 0.5 * canvas[mask] + 0.5 * colour
     size = image.shape[0]
-    picture = PIL.Image.fromarray(canvas.astype(np.uint8)).resize((panel_size, panel_size), PIL.Image.BILINEAR)
+    picture = PIL.Image.fromarray(canvas.astype(np.uint8)).resize(
+        (panel_size, panel_size), PIL.Image.BILINEAR
+    )
     draw = PIL.ImageDraw.Draw(picture)
     scale = panel_size / size
     radius = max(2, panel_size // 128)
@@ -57,7 +61,9 @@ def render_view(image: np.ndarray, sample: Mapping[str, np.ndarray], panel_size:
             # +0.5: points are pixel indices, drawn at the pixel centre.
             cx, cy = (x + 0.5) * scale, (y + 0.5) * scale
             fill = POSITIVE if label == 1 else NEGATIVE
-            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill, outline=(0, 0, 0))
+            draw.ellipse(
+                (cx - radius, cy - radius, cx + radius, cy + radius), fill=fill, outline=(0, 0, 0)
+            )
     draw.text((4, 4), title, fill=(255, 255, 255))
     return picture
 
@@ -66,18 +72,30 @@ def render_grid(samples: Sequence[Mapping[str, np.ndarray]], panel_size: int) ->
     grid = PIL.Image.new("RGB", (2 * panel_size, len(samples) * panel_size))
     for row, sample in enumerate(samples):
         header = f"image {int(sample['image_id'])}, {int(sample['instance_valid'].sum())} instances"
-        grid.paste(render_view(sample["weak_image"], sample, panel_size, f"weak: {header}"), (0, row * panel_size))
-        grid.paste(render_view(sample["strong_image"], sample, panel_size, "strong"), (panel_size, row * panel_size))
+        grid.paste(
+            render_view(sample["weak_image"], sample, panel_size, f"weak: {header}"),
+            (0, row * panel_size),
+        )
+        grid.paste(
+            render_view(sample["strong_image"], sample, panel_size, "strong"),
+            (panel_size, row * panel_size),
+        )
     return grid
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resam_jax.data.show", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m resam_jax.data.show", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--config", default="default", help="builder config (hrsid: inshore|offshore|all)")
+    parser.add_argument(
+        "--config", default="default", help="builder config (hrsid: inshore|offshore|all)"
+    )
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--split", default="train")
-    parser.add_argument("--eval", action="store_true", help="evaluation samples (no flip, strong == weak)")
+    parser.add_argument(
+        "--eval", action="store_true", help="evaluation samples (no flip, strong == weak)"
+    )
     parser.add_argument("--num-samples", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--pad", default="center", choices=["center", "bottom_right"])
@@ -99,8 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prefetch_batches=1,
     )
     try:
-        batches = make_dataset(config, args.split, train=not args.eval, seed=args.seed, shard_index=0, shard_count=1)
-        samples = [{k: v[0] for k, v in batch.items()} for batch in itertools.islice(batches, args.num_samples)]
+        batches = make_dataset(
+            config, args.split, train=not args.eval, seed=args.seed, shard_index=0, shard_count=1
+        )
+        samples = [
+            {k: v[0] for k, v in batch.items()}
+            for batch in itertools.islice(batches, args.num_samples)
+        ]
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,18 +21,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
-import PIL.Image
 from pycocotools import mask as mask_utils
 
 from resam_jax.data import photometric
+from resam_jax.transforms import preprocess_shape, resize_image
 
 Pad = Literal["center", "bottom_right"]
-
-
-def preprocess_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """SAM's ResizeLongestSide.get_preprocess_shape."""
-    scale = size * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
 def pad_offset(resized: tuple[int, int], size: int, pad: Pad) -> tuple[int, int]:
@@ -42,11 +36,6 @@ def pad_offset(resized: tuple[int, int], size: int, pad: Pad) -> tuple[int, int]
     if pad == "bottom_right":
         return 0, 0
     raise ValueError(f"pad must be 'center' or 'bottom_right', got {pad!r}")
-
-
-def resize_image(image: np.ndarray, resized: tuple[int, int]) -> np.ndarray:
-    """PIL bilinear on uint8, exactly SAM's ResizeLongestSide.apply_image."""
-    return np.asarray(PIL.Image.fromarray(image).resize((resized[1], resized[0]), PIL.Image.BILINEAR))
 
 
 def nearest_source_indices(source: int, target: int) -> np.ndarray:
@@ -71,7 +60,9 @@ class MaskCrop:
         return MaskCrop(top, left, mask)
 
 
-def resize_rle_masks(rles: Sequence[bytes], source: tuple[int, int], target: tuple[int, int]) -> list[MaskCrop]:
+def resize_rle_masks(
+    rles: Sequence[bytes], source: tuple[int, int], target: tuple[int, int]
+) -> list[MaskCrop]:
     """Decodes compressed COCO RLEs at `source` size and resizes them nearest to `target`.
 
     An object too thin to survive the downscale keeps the one target pixel its first source
@@ -106,7 +97,9 @@ def sample_flip(rng: np.random.Generator, probability: float) -> tuple[bool, boo
     return d in (-1, 1), d in (-1, 0)
 
 
-def flip_boxes(boxes: np.ndarray, frame: tuple[int, int], horizontal: bool, vertical: bool) -> np.ndarray:
+def flip_boxes(
+    boxes: np.ndarray, frame: tuple[int, int], horizontal: bool, vertical: bool
+) -> np.ndarray:
     boxes = boxes.copy()
     if horizontal:
         boxes[:, [0, 2]] = frame[1] - boxes[:, [2, 0]]
@@ -125,11 +118,15 @@ def sample_points(
     positives = np.stack([xs[pick] + crop.left, ys[pick] + crop.top], axis=1)
     negatives, found = _sample_outside(crop, frame, num_points, rng)
     points = np.concatenate([positives, negatives]).astype(np.float32)
-    labels = np.concatenate([np.ones(num_points, np.int32), np.where(np.arange(num_points) < found, 0, -1)])
+    labels = np.concatenate(
+        [np.ones(num_points, np.int32), np.where(np.arange(num_points) < found, 0, -1)]
+    )
     return points, labels.astype(np.int32)
 
 
-def _sample_outside(crop: MaskCrop, frame: tuple[int, int], n: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+def _sample_outside(
+    crop: MaskCrop, frame: tuple[int, int], n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
     # Rejection sampling is exact and fast while the object covers little of the frame.
     accepted = np.zeros((0, 2), np.int64)
     for _ in range(8):
@@ -185,7 +182,9 @@ def make_sample(
     """
     size, n_pts = config.image_size, config.num_points
     if len(rles) > config.max_instances:
-        raise ValueError(f"{len(rles)} instances exceed max_instances={config.max_instances}; chunk the image first")
+        raise ValueError(
+            f"{len(rles)} instances exceed max_instances={config.max_instances}; chunk the image first"
+        )
     height, width = image.shape[:2]
     resized = preprocess_shape(height, width, size)
     top, left = pad_offset(resized, size, config.pad)
@@ -193,7 +192,9 @@ def make_sample(
     weak = resize_image(image, resized)
     crops = resize_rle_masks(rles, (height, width), resized)
     # SAM's apply_coords: x * neww / w, y * newh / h.
-    scaled = np.asarray(boxes, np.float32).reshape(-1, 4) * np.float32([resized[1] / width, resized[0] / height] * 2)
+    scaled = np.asarray(boxes, np.float32).reshape(-1, 4) * np.float32(
+        [resized[1] / width, resized[0] / height] * 2
+    )
     if augment:
         horizontal, vertical = sample_flip(rng, config.flip_probability)
         weak = np.ascontiguousarray(weak[:: -1 if vertical else 1, :: -1 if horizontal else 1])
