@@ -1,0 +1,135 @@
+"""SAM model configurations (ViT-B/L/H as released by Meta, plus a tiny one for tests and demos)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class SamConfig:
+    """Hyper-parameters of a Segment Anything model.
+
+    The defaults are SAM ViT-B; `sam_config` gives the other published sizes.
+    """
+
+    model_type: str = "vit_b"
+    image_size: int = 1024
+    patch_size: int = 16
+    encoder_embed_dim: int = 768
+    encoder_depth: int = 12
+    encoder_num_heads: int = 12
+    encoder_global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    window_size: int = 14
+    mlp_ratio: float = 4.0
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_num_heads: int = 8
+    decoder_mlp_dim: int = 2048
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    num_multimask_outputs: int = 3
+    # LoRA on the q and v parts of the fused qkv of encoder blocks
+    # lora_start_layer..depth-1; None disables LoRA entirely.
+    lora_rank: int = 4
+    lora_start_layer: int | None = None
+    # Computation dtype ("float32" or "bfloat16"); parameters stay float32.
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"SamConfig.image_size={self.image_size} must be a multiple of "
+                f"patch_size={self.patch_size}"
+            )
+        if self.encoder_embed_dim % self.encoder_num_heads:
+            raise ValueError(
+                f"SamConfig.encoder_embed_dim={self.encoder_embed_dim} must be a "
+                f"multiple of encoder_num_heads={self.encoder_num_heads}"
+            )
+        bad = [i for i in self.encoder_global_attn_indexes if not 0 <= i < self.encoder_depth]
+        if bad:
+            raise ValueError(
+                f"SamConfig.encoder_global_attn_indexes has blocks {bad} outside "
+                f"0..{self.encoder_depth - 1}"
+            )
+        if self.lora_start_layer is not None and not (
+            0 <= self.lora_start_layer < self.encoder_depth
+        ):
+            raise ValueError(
+                f"SamConfig.lora_start_layer={self.lora_start_layer} must be in "
+                f"0..{self.encoder_depth - 1} (or None for no LoRA)"
+            )
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"SamConfig.dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
+
+    @property
+    def embed_size(self) -> int:
+        """Side of the image embedding grid (64 for 1024 inputs)."""
+        return self.image_size // self.patch_size
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the mask decoder's logits (256 for 1024 inputs)."""
+        return 4 * self.embed_size
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    def lora_blocks(self) -> range:
+        if self.lora_start_layer is None:
+            return range(0)
+        return range(self.lora_start_layer, self.encoder_depth)
+
+
+_ENCODERS = {
+    "vit_b": dict(
+        encoder_embed_dim=768,
+        encoder_depth=12,
+        encoder_num_heads=12,
+        encoder_global_attn_indexes=(2, 5, 8, 11),
+    ),
+    "vit_l": dict(
+        encoder_embed_dim=1024,
+        encoder_depth=24,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(5, 11, 17, 23),
+    ),
+    "vit_h": dict(
+        encoder_embed_dim=1280,
+        encoder_depth=32,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(7, 15, 23, 31),
+    ),
+    # Small enough to run a train step in a second on a laptop CPU, yet it
+    # keeps every mechanism: windowed attention with padding (16 % 6 != 0),
+    # a global block, multimask outputs, the mask-input downscaler.
+    "tiny": dict(
+        image_size=256,
+        encoder_embed_dim=32,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        window_size=6,
+        prompt_embed_dim=32,
+        mask_in_chans=8,
+        decoder_num_heads=2,
+        decoder_mlp_dim=64,
+        iou_head_hidden_dim=32,
+    ),
+}
+
+MODEL_TYPES = tuple(_ENCODERS)
+
+
+def sam_config(model_type: str, **overrides) -> SamConfig:
+    """The configuration of a named SAM model, with optional field overrides."""
+    if model_type not in _ENCODERS:
+        raise ValueError(f"unknown SAM model type {model_type!r}; expected one of {MODEL_TYPES}")
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(SamConfig)}
+    if unknown:
+        raise ValueError(f"unknown SamConfig fields {sorted(unknown)}")
+    return SamConfig(model_type=model_type, **{**_ENCODERS[model_type], **overrides})

@@ -1,0 +1,108 @@
+"""Meta's segment-anything (the PyTorch reference) built at any of our SamConfig sizes.
+
+Every parameter and buffer is randomised, including those SAM initialises to
+zero or one (relative positions, absolute positions, LayerNorm scales), so a
+tensor mapped to the wrong place or with the wrong layout cannot go unnoticed.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import torch
+from flax import nnx
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam as TorchSam,
+    TwoWayTransformer,
+)
+
+from resam_jax.model import Sam, SamConfig
+from resam_jax.model.checkpoint import set_frozen_params
+from resam_jax.model.params import torch_to_flax
+
+
+def build_reference(config: SamConfig, seed: int = 0) -> TorchSam:
+    torch.manual_seed(seed)
+    sam = TorchSam(
+        image_encoder=ImageEncoderViT(
+            depth=config.encoder_depth,
+            embed_dim=config.encoder_embed_dim,
+            img_size=config.image_size,
+            mlp_ratio=config.mlp_ratio,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=config.encoder_num_heads,
+            patch_size=config.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=config.encoder_global_attn_indexes,
+            window_size=config.window_size,
+            out_chans=config.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(config.embed_size, config.embed_size),
+            input_image_size=(config.image_size, config.image_size),
+            mask_in_chans=config.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=config.num_multimask_outputs,
+            transformer=TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=config.prompt_embed_dim,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_num_heads,
+            ),
+            transformer_dim=config.prompt_embed_dim,
+            iou_head_depth=config.iou_head_depth,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
+        ),
+    )
+    randomize_(sam, seed)
+    return sam.eval()
+
+
+@torch.no_grad()
+def randomize_(module: torch.nn.Module, seed: int) -> None:
+    """Perturb every tensor so that no parameter keeps a symmetric (0 or 1) value."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        if name.endswith(("pixel_mean", "pixel_std")):
+            continue
+        noise = torch.randn(tensor.shape, generator=gen)
+        if "rel_pos" in name or "pos_embed" in name:
+            tensor.copy_(0.1 * noise)
+        elif tensor.ndim == 1 and name.endswith("weight"):  # norm scales
+            tensor.copy_(1.0 + 0.2 * noise)
+        elif tensor.ndim == 1:  # biases
+            tensor.copy_(0.1 * noise)
+        else:
+            tensor.add_(0.01 * noise)
+
+
+def numpy_state_dict(module: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+
+
+def jax_twin(reference: TorchSam, config: SamConfig) -> Sam:
+    """The Flax model carrying the reference's weights."""
+    params, unexpected = torch_to_flax(numpy_state_dict(reference))
+    assert not unexpected, unexpected
+    model = Sam(config, rngs=nnx.Rngs(0))
+    set_frozen_params(model, params)
+    return model
+
+
+def t(x) -> torch.Tensor:
+    return torch.from_numpy(np.array(x))
+
+
+def nchw(x) -> torch.Tensor:
+    return t(x).permute(0, 3, 1, 2).contiguous()
+
+
+def nhwc(x: torch.Tensor) -> np.ndarray:
+    return x.detach().permute(0, 2, 3, 1).numpy()
