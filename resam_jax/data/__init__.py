@@ -1,0 +1,1 @@
+"""Datasets (TFDS builders over the published layouts) and the ReSAM input pipeline."""
