@@ -44,8 +44,11 @@ def initialize_distributed(
 
 
 def data_mesh() -> Mesh:
-    """A 1-D mesh over all devices of all processes."""
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+    """A 1-D mesh over all devices of all processes. Auto axes: the steps are written for one
+    device and XLA propagates the batch sharding through them."""
+    return jax.make_mesh(
+        (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
