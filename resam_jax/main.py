@@ -42,8 +42,9 @@ def main(argv):
     # Before anything touches a JAX backend.
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
-    from resam_jax import train
+    from resam_jax import reporting, train
 
+    reporting.quiet_library_logs()
     config = _CONFIG.value
     try:
         result = train.train_and_evaluate(config, _WORKDIR.value)

@@ -22,6 +22,19 @@ from PIL import Image, ImageDraw
 from resam_jax.metrics import SCORE_NAMES
 
 
+class _LibraryInfoFilter(logging.Filter):
+    """Drops the INFO chatter of orbax and grain (several lines per checkpoint)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        noisy = "/orbax/" in record.pathname or "/grain/" in record.pathname
+        return record.levelno >= logging.WARNING or not noisy
+
+
+def quiet_library_logs() -> None:
+    for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+        handler.addFilter(_LibraryInfoFilter())
+
+
 class MetricWriter:
     """Scalars to metrics.jsonl and TensorBoard (under a `kind/` prefix)."""
 
