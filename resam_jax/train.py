@@ -275,7 +275,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Runs config in workdir (resuming if it holds a checkpoint).
 
     Returns:
-        {"steps": steps done, "preempted": bool, "evaluations": [(label, scores), ...]}.
+        {"steps": steps done, "preempted": bool, "evaluations": [(label, scores), ...],
+         "lora": the final LoRA parameters (replicated arrays)}.
     """
     workdir = Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -307,7 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         evaluator.overlays(0, lora, lora, frozen)
         writer.close()
         logging.info("\n%s", reporting.evaluation_table(rows))
-        return {"steps": 0, "preempted": False, "evaluations": rows}
+        return {"steps": 0, "preempted": False, "evaluations": rows, "lora": lora}
 
     train_split = config.data.train_split
     steps_per_epoch = train_steps_per_epoch(data_config, train_split)
@@ -389,4 +390,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     writer.close()
     if rows:
         logging.info("\n%s", reporting.evaluation_table(rows))
-    return {"steps": step, "preempted": preempted, "evaluations": rows}
+    return {"steps": step, "preempted": preempted, "evaluations": rows, "lora": state.lora}
