@@ -5,10 +5,10 @@ turns them into per-image IoU, F1, precision and recall and averages over images
 
 Two per-image reductions exist because the public code and its stated metric differ:
     "image_micro"    smp's "micro-imagewise" as documented: sum the counts over the image's
-                                      instances, then score (METHOD.md section 5).
-    "instance_mean"  what the public code actually computes: it hands smp an [N, H, W] stack, which
-                                      smp reads as N "images" of H "classes", so every instance is scored on its own
-                                      and the scores are averaged over the image's instances.
+                     instances, then score (METHOD.md section 5).
+    "instance_mean"  what the public code actually computes: it hands smp an [N, H, W] stack,
+                     which smp reads as N "images" of H "classes", so every instance is scored
+                     on its own and the scores are averaged over the image's instances.
 Division by zero scores 1, as smp's score functions do by default.
 """
 

@@ -3,6 +3,7 @@ warmup + two-milestone learning-rate schedule of the public code (METHOD.md sect
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -42,4 +43,13 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
         optax.add_decayed_weights(config.weight_decay),
         optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
         optax.scale_by_learning_rate(learning_rate_schedule(config)),
+    )
+
+
+def updates_applied(opt_state: optax.OptState) -> jax.Array:
+    """Number of optimiser updates applied so far (the schedule's step count)."""
+    return optax.tree_utils.tree_get(
+        opt_state,
+        "count",
+        filtering=lambda path, _: path[-1].tuple_name == "ScaleByScheduleState",
     )

@@ -100,7 +100,9 @@ def create_train_state(
     """
     method = config.method
     if method.mode not in TRAIN_MODES:
-        raise ValueError(f"method.mode={method.mode!r} does not train; expected one of {TRAIN_MODES}")
+        raise ValueError(
+            f"method.mode={method.mode!r} does not train; expected one of {TRAIN_MODES}"
+        )
     if not jax.tree.leaves(lora):
         raise ValueError(
             "the model has no LoRA parameters to train; set SamConfig.lora_start_layer"

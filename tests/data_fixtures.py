@@ -72,15 +72,17 @@ def write_split(
         images.append({"id": spec.image_id, "file_name": spec.file_name, "height": spec.height, "width": spec.width})
         for k, box in enumerate(spec.objects):
             x0, y0, x1, y1 = box
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": spec.image_id,
-                "category_id": spec.category_id,
-                "segmentation": [polygon(box, triangle=k % 2 == 1)],
-                "bbox": [x0, y0, x1 - x0, y1 - y0],
-                "area": (x1 - x0) * (y1 - y0),
-                "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": spec.image_id,
+                    "category_id": spec.category_id,
+                    "segmentation": [polygon(box, triangle=k % 2 == 1)],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
     for extra in extra_annotations:
         annotations.append({"id": len(annotations) + 1, "iscrowd": 0, "category_id": 1, **extra})
     data = {
@@ -143,9 +145,15 @@ def hrsid_release(root: Path, config: str = "inshore") -> Path:
     for split, good_ids in (("train", (0, 1, 2)), ("test", (3, 4))):
         specs = [
             ImageSpec(
-                image_id, 40, 40, grid_objects(40, 40, 2, size=9),
-                file_name=f"P{image_id:04d}.jpg", disk_name=f"P{image_id:04d}.png",
-                image_format="PNG", mode="L", category_id=0,
+                image_id,
+                40,
+                40,
+                grid_objects(40, 40, 2, size=9),
+                file_name=f"P{image_id:04d}.jpg",
+                disk_name=f"P{image_id:04d}.png",
+                image_format="PNG",
+                mode="L",
+                category_id=0,
             )
             for image_id in good_ids + HRSID_BAD[split]
         ]

@@ -38,11 +38,12 @@ def assert_matches_coco(data_dir: Path, dataset: str, config: str, split: str, a
         height, width = example["image"].shape[:2]
         assert example["image"].shape[2] == 3
         instances = example["instances"]
-        for rle, ann_id, bbox in zip(instances["mask_rle"], instances["annotation_id"], instances["bbox"]):
+        for rle, ann_id, bbox in zip(instances["mask_rle"], instances["annotation_id"], instances["bbox"], strict=True):
             ann = coco.anns[int(ann_id)]
             mask = mask_utils.decode({"size": [height, width], "counts": rle})
             np.testing.assert_array_equal(mask, coco.annToMask(ann))
-            x, y, w, h = ann["bbox"]
+            # Without a bbox in the file, the box is the mask's tight box.
+            x, y, w, h = ann["bbox"] if "bbox" in ann else mask_utils.toBbox(coco.annToRLE(ann))
             np.testing.assert_allclose(bbox, [max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)])
             checked += 1
     return checked
@@ -84,7 +85,9 @@ def _broken_nwpu(root: Path) -> Path:
     rle_mask = np.zeros((50, 50), np.uint8, order="F")
     rle_mask[35:45, 35:48] = 1
     compressed = mask_utils.encode(rle_mask)
-    uncompressed_counts = [35 * 50 + 35, 10] + sum(([40, 10] for _ in range(12)), []) + [50 * 50 - 35 * 50 - 35 - 10 - 12 * 50]
+    uncompressed_counts = (
+        [35 * 50 + 35, 10] + sum(([40, 10] for _ in range(12)), []) + [50 * 50 - 35 * 50 - 35 - 10 - 12 * 50]
+    )
     good = dict(image_id=1, segmentation=square, bbox=[5.0, 5.0, 15.0, 15.0])
     spec4_obj = [[86.0, 30.0, 96.0, 30.0, 96.0, 39.0, 86.0, 39.0]]
     extra_images = [
@@ -106,12 +109,17 @@ def _broken_nwpu(root: Path) -> Path:
         dict(good, bbox=[5.0, 5.0, 0.0, 15.0]),
         dict(good, iscrowd=1),
         dict(image_id=4, segmentation=spec4_obj, bbox=[86.0, 30.0, 11.0, 9.0]),  # 1 px over: clipped
-        dict(image_id=3, segmentation={"size": [50, 50], "counts": compressed["counts"].decode()}, bbox=[35.0, 35.0, 13.0, 10.0]),
+        dict(
+            image_id=3,
+            segmentation={"size": [50, 50], "counts": compressed["counts"].decode()},
+            bbox=[35.0, 35.0, 13.0, 10.0],
+        ),
         dict(image_id=3, segmentation={"size": [50, 50], "counts": uncompressed_counts}, bbox=[35.0, 35.0, 12.0, 10.0]),
         dict(image_id=3, segmentation={"size": [40, 50], "counts": [1785, 10, 205]}, bbox=[35.0, 35.0, 12.0, 10.0]),
         dict(image_id=3, segmentation={"size": [50, 50], "counts": [10, 20]}, bbox=[35.0, 35.0, 12.0, 10.0]),
         dict(good, image_id=11),
         dict(good, image_id=13),
+        dict(image_id=4, segmentation=[[40.0, 5.0, 60.0, 5.0, 50.0, 20.0]]),  # no bbox: taken from the mask
     ]
     data = json.loads((base / "Annotations/NWPU_instances_train.json").read_text())
     start = len(data["annotations"])
@@ -126,8 +134,8 @@ def test_every_bad_entry_is_skipped_and_reported(tmp_path):
     manual = _broken_nwpu(tmp_path / "release")
     result = prepare("nwpu_vhr10", manual_dir=manual, data_dir=tmp_path / "tfds")
     train = result["splits"]["train"]
-    # 13 clean instances + the clipped bbox + the compressed and the uncompressed RLE.
-    assert (train["images"], train["instances"]) == (4, 16)
+    # 13 clean instances + the clipped bbox + the compressed and the uncompressed RLE + no bbox.
+    assert (train["images"], train["instances"]) == (4, 17)
     counts = {kind: v["count"] for kind, v in train["skipped"]["by_reason"].items()}
     assert counts == {
         "image file not found": 1,
@@ -190,11 +198,21 @@ def test_prepare_cli_prints_one_json_object_and_is_a_noop_when_built(tmp_path, c
 @pytest.mark.parametrize(
     ("setup", "expected"),
     [
-        ("missing_manual_dir", "manual dir {manual} does not exist"),
+        (
+            "missing_manual_dir",
+            "manual dir {manual} does not exist; it should hold the NWPU VHR-10 release: "
+            "{manual}/Annotations/NWPU_instances_train.json",
+        ),
         ("wrong_layout", "expected {manual}/Annotations/NWPU_instances_train.json or {manual}/NWPU/Annotations"),
         ("corrupt_json", "NWPU_instances_val.json is not valid JSON: Expecting ':' delimiter at line 1, column"),
-        ("no_annotations_field", "NWPU_instances_val.json: field 'annotations' must be a list of COCO entries, found missing"),
-        ("missing_split_file", "split 'val': expected the annotation file {manual}/Annotations/NWPU_instances_val.json"),
+        (
+            "no_annotations_field",
+            "NWPU_instances_val.json: field 'annotations' must be a list of COCO entries, found missing",
+        ),
+        (
+            "missing_split_file",
+            "split 'val': expected the annotation file {manual}/Annotations/NWPU_instances_val.json",
+        ),
         ("missing_image_dir", "expected the image folder {manual}/Images"),
         ("empty_split", "split 'val' has no usable image (2 x image file not found, 3 x image skipped)"),
     ],
@@ -246,7 +264,9 @@ def test_hrsid_inshore_quirks(tmp_path):
             assert example["file_name"].decode().endswith(".jpg")
             assert example["image"].shape == (40, 40, 3)
             assert list(example["instances"]["category_id"]) == [0, 0]
-        assert_matches_coco(tmp_path / "tfds", "hrsid", "inshore", split, manual / f"Annotations/inshore/inshore_{split}.json")
+        assert_matches_coco(
+            tmp_path / "tfds", "hrsid", "inshore", split, manual / f"Annotations/inshore/inshore_{split}.json"
+        )
 
 
 def test_hrsid_offshore_keeps_the_inshore_bad_ids(tmp_path):
@@ -263,7 +283,9 @@ def test_whu_skips_empty_tiles(tmp_path, image_root):
         summary = result["splits"][split]
         assert (summary["images"], summary["instances"]) == (2, 4)
         assert list(summary["skipped"]["by_reason"]) == ["image has no instances"]
-        assert_matches_coco(tmp_path / "tfds", "whu_building", "default", split, manual / f"annotations/WHU_building_{split}.json")
+        assert_matches_coco(
+            tmp_path / "tfds", "whu_building", "default", split, manual / f"annotations/WHU_building_{split}.json"
+        )
 
 
 def test_coco_instances_with_user_paths(tmp_path, capsys):
@@ -271,8 +293,21 @@ def test_coco_instances_with_user_paths(tmp_path, capsys):
     write_split(root / "pictures", root / "labels/a.json", [ImageSpec(7, 30, 40, [(2.0, 2.0, 20.0, 20.0)])])
     write_split(root / "pictures", root / "labels/b.json", [ImageSpec(8, 30, 40, [(5.0, 5.0, 25.0, 15.0)] * 2)])
     code, out, err = _run_cli(
-        capsys, "--dataset", "coco_instances", "--config", "mine", "--manual-dir", root, "--data-dir", tmp_path / "tfds",
-        "--annotations", "train=labels/a.json", "--annotations", "holdout=labels/b.json", "--images", "pictures",
+        capsys,
+        "--dataset",
+        "coco_instances",
+        "--config",
+        "mine",
+        "--manual-dir",
+        root,
+        "--data-dir",
+        tmp_path / "tfds",
+        "--annotations",
+        "train=labels/a.json",
+        "--annotations",
+        "holdout=labels/b.json",
+        "--images",
+        "pictures",
     )
     assert code == 0, err
     splits = json.loads(out)["splits"]
@@ -282,4 +317,6 @@ def test_coco_instances_with_user_paths(tmp_path, capsys):
 
 def test_coco_instances_rejects_a_predefined_config_name_for_user_paths(tmp_path):
     with pytest.raises(DataError, match="needs a new --config name"):
-        prepare("coco_instances", config="default", manual_dir=tmp_path, data_dir=tmp_path, annotations={"train": "a.json"})
+        prepare(
+            "coco_instances", config="default", manual_dir=tmp_path, data_dir=tmp_path, annotations={"train": "a.json"}
+        )

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 from data_fixtures import nwpu_real_dir
-from pycocotools.coco import COCO
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
 from resam_jax.data.builders import load_prepared
 from resam_jax.data.pipeline import DataConfig, host_samples, make_dataset
@@ -46,7 +46,7 @@ def test_masks_equal_pycocotools_ann_to_mask(nwpu, split):
         height, width = example["image"].shape[:2]
         expected_ids = sorted(coco.getAnnIds(imgIds=int(example["image_id"])))
         assert sorted(int(i) for i in example["instances"]["annotation_id"]) == expected_ids
-        for rle, ann_id in zip(example["instances"]["mask_rle"], example["instances"]["annotation_id"]):
+        for rle, ann_id in zip(example["instances"]["mask_rle"], example["instances"]["annotation_id"], strict=True):
             mask = mask_utils.decode({"size": [height, width], "counts": rle})
             np.testing.assert_array_equal(mask, coco.annToMask(coco.anns[int(ann_id)]))
             checked += 1
@@ -69,7 +69,9 @@ def test_evaluation_pass_uses_every_instance_once(nwpu):
 def test_training_batches_at_1024(nwpu):
     data_dir, _ = nwpu
     config = DataConfig(data_dir=str(data_dir), num_points=3, batch_size=1)
-    for batch in itertools.islice(make_dataset(config, "train", train=True, seed=1337, shard_index=0, shard_count=1), 3):
+    for batch in itertools.islice(
+        make_dataset(config, "train", train=True, seed=1337, shard_index=0, shard_count=1), 3
+    ):
         assert batch["weak_image"].shape == (1, 1024, 1024, 3) and batch["masks"].shape == (1, 50, 1024, 1024)
         top, left = batch["pad_offset"][0]
         newh, neww = batch["resized_size"][0]

@@ -74,9 +74,9 @@ def test_sharpen_enhances_an_edge():
 def test_halving_lightness_matches_colorsys_hls():
     pixels = np.random.default_rng(0).integers(0, 256, (500, 3), dtype=np.uint8)
     out = photometric._halve_lightness(pixels).astype(int)
-    for rgb, got in zip(pixels, out):
-        h, l, s = colorsys.rgb_to_hls(*(rgb / 255.0))
-        expected = np.array(colorsys.hls_to_rgb(h, l / 2, s)) * 255
+    for rgb, got in zip(pixels, out, strict=True):
+        hue, lightness, saturation = colorsys.rgb_to_hls(*(rgb / 255.0))
+        expected = np.array(colorsys.hls_to_rgb(hue, lightness / 2, saturation)) * 255
         np.testing.assert_allclose(got, expected, atol=1.0)
 
 

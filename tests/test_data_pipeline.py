@@ -29,8 +29,16 @@ def data_dir(tmp_path_factory):
 
 
 def _config(data_dir, **overrides) -> DataConfig:
-    values = dict(dataset="nwpu_vhr10", data_dir=str(data_dir), image_size=64, max_instances=3, num_points=2,
-                  batch_size=2, read_threads=1, prefetch_batches=1)
+    values = dict(
+        dataset="nwpu_vhr10",
+        data_dir=str(data_dir),
+        image_size=64,
+        max_instances=3,
+        num_points=2,
+        batch_size=2,
+        read_threads=1,
+        prefetch_batches=1,
+    )
     return DataConfig(**{**values, **overrides})
 
 
@@ -48,9 +56,14 @@ def _samples(batches):
     return [{k: v[i] for k, v in batch.items()} for batch in batches for i in range(len(batch["image_id"]))]
 
 
-@pytest.mark.parametrize(("dataset", "dataset_config", "split"), [
-    ("nwpu_vhr10", "default", "train"), ("whu_building", "default", "val"), ("hrsid", "inshore", "test"),
-])
+@pytest.mark.parametrize(
+    ("dataset", "dataset_config", "split"),
+    [
+        ("nwpu_vhr10", "default", "train"),
+        ("whu_building", "default", "val"),
+        ("hrsid", "inshore", "test"),
+    ],
+)
 @pytest.mark.parametrize("train", [True, False])
 def test_batches_have_the_contract_shapes_for_every_dataset(data_dir, dataset, dataset_config, split, train):
     config = _config(data_dir, dataset=dataset, dataset_config=dataset_config, image_size=48, max_instances=4)
@@ -92,7 +105,9 @@ def test_every_instance_is_used_once_per_epoch(data_dir):
     assert len(set(boxes)) == 7
 
     train = _samples(_batches(config, "train", train=True, limit=3))  # 6 samples = one epoch, shuffled
-    assert sorted(int(s["instance_valid"].sum()) for s in train) == sorted(int(s["instance_valid"].sum()) for s in samples)
+    assert sorted(int(s["instance_valid"].sum()) for s in train) == sorted(
+        int(s["instance_valid"].sum()) for s in samples
+    )
 
 
 def test_evaluation_is_deterministic_and_pads_the_last_batch(data_dir):
@@ -122,6 +137,11 @@ def test_evaluation_prompts_do_not_depend_on_the_number_of_hosts(data_dir):
     assert sorted(map(key, real)) == sorted(single) and len(single) == 6
     for sample in real:
         np.testing.assert_array_equal(sample["points"], single[key(sample)]["points"])
+    hosts_of_image = collections.defaultdict(set)
+    for host, samples in enumerate(sharded):
+        for sample in samples:
+            hosts_of_image[int(sample["image_id"])].add(host)
+    assert all(len(hosts) == 1 for image_id, hosts in hosts_of_image.items() if image_id >= 0)
 
 
 def test_training_reshuffles_and_resamples_every_epoch(data_dir):
@@ -139,13 +159,15 @@ def test_training_reshuffles_and_resamples_every_epoch(data_dir):
     assert any(not np.array_equal(p[0], p[1]) for p in by_chunk.values())
 
 
-def test_training_shards_are_disjoint_and_cover_the_split(data_dir):
-    config = _config(data_dir, max_instances=50)
+def test_training_shards_own_whole_images_and_run_equal_steps(data_dir):
+    config = _config(data_dir)  # chunks per image: 1, 3, 1, 1
     rows = [host_samples(config, "train", train=True, shard_index=i, shard_count=2) for i in range(2)]
-    assert sorted(map(tuple, np.concatenate(rows))) == [(r, 0) for r in range(4)]
-    assert not set(map(tuple, rows[0])) & set(map(tuple, rows[1]))
-    with pytest.raises(DataError, match="fewer than the 5 hosts"):
-        host_samples(config, "train", train=True, shard_index=0, shard_count=5)
+    assert [len(r) for r in rows] == [4, 4]
+    # Host 0 owns images 0 and 2 (two chunks) and repeats them to match host 1's four.
+    assert sorted(map(tuple, rows[0])) == [(0, 0), (0, 0), (2, 0), (2, 0)]
+    assert sorted(map(tuple, rows[1])) == [(1, 0), (1, 3), (1, 6), (3, 0)]
+    with pytest.raises(DataError, match="4 images, fewer than the 5 hosts"):
+        host_samples(config, "train", train=True, shard_index=4, shard_count=5)
 
 
 def test_worker_processes_give_the_same_batches(data_dir):
@@ -153,14 +175,22 @@ def test_worker_processes_give_the_same_batches(data_dir):
     in_process = _batches(config, "val", train=False)
     with_workers = _batches(DataConfig(**{**config.__dict__, "worker_count": 1}), "val", train=False)
     assert len(in_process) == len(with_workers)
-    for a, b in zip(in_process, with_workers):
+    for a, b in zip(in_process, with_workers, strict=True):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_config_from_config_dict_and_its_errors(data_dir):
-    config = ml_collections.ConfigDict({"dataset": "hrsid", "dataset_config": "inshore", "data_dir": str(data_dir),
-                                        "image_size": 32, "pad": "bottom_right", "batch_size": 2})
+    config = ml_collections.ConfigDict(
+        {
+            "dataset": "hrsid",
+            "dataset_config": "inshore",
+            "data_dir": str(data_dir),
+            "image_size": 32,
+            "pad": "bottom_right",
+            "batch_size": 2,
+        }
+    )
     (batch,) = _batches(config, "test", train=False)
     assert batch["weak_image"].shape == (2, 32, 32, 3) and (batch["pad_offset"] == 0).all()
     with pytest.raises(ValueError, match="unknown data config fields: \\['img_size'\\]"):
@@ -170,7 +200,9 @@ def test_config_from_config_dict_and_its_errors(data_dir):
     with pytest.raises(DataError, match="has no split 'validation'; it has train, val"):
         make_dataset(_config(data_dir), "validation", train=False, seed=0, shard_index=0, shard_count=1)
     with pytest.raises(DataError, match="is not built: expected .*coco_instances/default/1.0.0"):
-        make_dataset(_config(data_dir, dataset="coco_instances"), "train", train=False, seed=0, shard_index=0, shard_count=1)
+        make_dataset(
+            _config(data_dir, dataset="coco_instances"), "train", train=False, seed=0, shard_index=0, shard_count=1
+        )
 
 
 def test_records_that_disagree_with_the_metadata_are_refused(data_dir, tmp_path):

@@ -102,3 +102,44 @@ def test_accumulator_averages_over_images_with_instances(batch):
 def test_empty_accumulator_is_an_error():
     with pytest.raises(ValueError, match="no image"):
         ImageAveragedScores("image_micro").result()
+
+
+@pytest.mark.parametrize("prompt", ["points", "boxes"])
+def test_eval_step_counts_match_a_direct_computation(prompt):
+    from test_train_step import make_batch, make_config, make_model
+
+    from resam_jax.evaluate import make_eval_step
+    from resam_jax.model import normalize_pixels, upsample_logits
+    from resam_jax.train_state import split_model
+
+    model = make_model()
+    graphdef, lora, frozen = split_model(model)
+    config = make_config()
+    config.eval.prompt = prompt
+    batch = make_batch(0)
+    out = make_eval_step(graphdef, config)(lora, frozen, batch)
+
+    images = normalize_pixels(batch["weak_image"], batch["content_mask"], "sam")
+    prompts = (
+        {"points": batch["points"], "point_labels": batch["point_labels"]}
+        if prompt == "points"
+        else {"boxes": batch["boxes"]}
+    )
+    low_res, _ = model.decode(model.encode(images), **prompts)
+    pred = np.asarray(upsample_logits(low_res[:, :, 0], images.shape[1])) >= 0.5
+    gt, valid = batch["masks"], batch["instance_valid"]
+    want = (
+        np.stack(
+            [
+                (pred & gt).sum((2, 3)),
+                (pred & ~gt).sum((2, 3)),
+                (~pred & gt).sum((2, 3)),
+                (~pred & ~gt).sum((2, 3)),
+            ],
+            axis=-1,
+        )
+        * valid[..., None]
+    )
+    np.testing.assert_array_equal(out["counts"], want)
+    np.testing.assert_array_equal(out["instance_valid"], valid)
+    assert want[valid][:, 0].sum() > 0  # the comparison is not between two empty predictions

@@ -11,6 +11,7 @@ from resam_jax.stages.reinforce import (
     l2_normalize,
     reinforce,
     ssa_loss,
+    ssa_weight,
 )
 
 STRIDE = 16
@@ -184,3 +185,9 @@ def test_reinforce_pushes_the_valid_instances_of_every_image():
     assert int(queues.size) == 3
     expected = l2_normalize(box_pooled_features(weak_embedding, boxes, STRIDE))
     np.testing.assert_allclose(queues.weak[:3], expected[valid], rtol=1e-6)
+
+
+def test_ssa_weight_is_the_public_sigmoid_ramp():
+    for epoch in range(1, 11):
+        want = 4 / (1 + np.exp(-(epoch - (10 + 1) / 2)))
+        np.testing.assert_allclose(ssa_weight(jnp.int32(epoch), 10, 4.0), want, rtol=1e-6)

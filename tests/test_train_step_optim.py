@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import torch
 
-from resam_jax.optim import learning_rate_schedule, make_optimizer
+from resam_jax.optim import learning_rate_schedule, make_optimizer, updates_applied
 from resam_jax.train_state import LossWindow, ema_update
 
 
@@ -91,3 +91,13 @@ def test_loss_window_flags_non_finite_always_and_large_losses_once_full():
     assert int(window.size) == 3
     assert not bool(window.is_outlier(jnp.float32(8.0), 4.0))
     assert bool(window.is_outlier(jnp.float32(8.01), 4.0))
+
+
+def test_updates_applied_reads_the_schedule_count():
+    config = _optim_config()
+    optimizer = make_optimizer(config)
+    params = {"w": jnp.ones(2)}
+    opt_state = optimizer.init(params)
+    for _ in range(3):
+        _, opt_state = optimizer.update({"w": jnp.ones(2)}, opt_state, params)
+    assert int(updates_applied(opt_state)) == 3

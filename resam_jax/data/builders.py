@@ -48,21 +48,25 @@ class LayoutConfig(tfds.core.BuilderConfig):
 
 
 def _features() -> tfds.features.FeaturesDict:
-    return tfds.features.FeaturesDict({
-        # Encoded bytes as released (JPEG/PNG RGB) or re-encoded lossless PNG after RGB conversion.
-        "image": tfds.features.Image(shape=(None, None, 3)),
-        "image_id": tfds.features.Scalar(np.int64),
-        "file_name": tfds.features.Text(),
-        "instances": tfds.features.Sequence({
-            # Compressed COCO RLE at full image resolution: a few hundred bytes per instance,
-            # decoded by pycocotools in the input pipeline.
-            "mask_rle": tfds.features.Text(),
-            "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32),  # xyxy pixels
-            "area": tfds.features.Scalar(np.int64),
-            "annotation_id": tfds.features.Scalar(np.int64),
-            "category_id": tfds.features.Scalar(np.int64),
-        }),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            # Encoded bytes as released (JPEG/PNG RGB) or re-encoded lossless PNG after RGB conversion.
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "image_id": tfds.features.Scalar(np.int64),
+            "file_name": tfds.features.Text(),
+            "instances": tfds.features.Sequence(
+                {
+                    # Compressed COCO RLE at full image resolution: a few hundred bytes per instance,
+                    # decoded by pycocotools in the input pipeline.
+                    "mask_rle": tfds.features.Text(),
+                    "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32),  # xyxy pixels
+                    "area": tfds.features.Scalar(np.int64),
+                    "annotation_id": tfds.features.Scalar(np.int64),
+                    "category_id": tfds.features.Scalar(np.int64),
+                }
+            ),
+        }
+    )
 
 
 class CocoLayoutBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -97,18 +101,21 @@ class CocoLayoutBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     def _generate_examples(self, contents: SplitContents):
         for index, image in enumerate(contents.images):
             # Integer keys in generation order keep the records aligned with the metadata index.
-            yield index, {
-                "image": _encoded_rgb(image.path),
-                "image_id": image.image_id,
-                "file_name": image.file_name,
-                "instances": {
-                    "mask_rle": [i.rle.decode("ascii") for i in image.instances],
-                    "bbox": np.array([i.bbox for i in image.instances], np.float32).reshape(-1, 4),
-                    "area": [i.area for i in image.instances],
-                    "annotation_id": [i.annotation_id for i in image.instances],
-                    "category_id": [i.category_id for i in image.instances],
+            yield (
+                index,
+                {
+                    "image": _encoded_rgb(image.path),
+                    "image_id": image.image_id,
+                    "file_name": image.file_name,
+                    "instances": {
+                        "mask_rle": [i.rle.decode("ascii") for i in image.instances],
+                        "bbox": np.array([i.bbox for i in image.instances], np.float32).reshape(-1, 4),
+                        "area": [i.area for i in image.instances],
+                        "annotation_id": [i.annotation_id for i in image.instances],
+                        "category_id": [i.category_id for i in image.instances],
+                    },
                 },
-            }
+            )
 
 
 def _encoded_rgb(path: Path) -> bytes:
@@ -128,9 +135,11 @@ def dataset_root(config: LayoutConfig, manual_dir: Path, display_name: str) -> P
     for root in candidates:
         if any((root / f).is_file() for f in first.annotation_files):
             return root
-    if not manual_dir.is_dir():
-        raise DataError(f"manual dir {manual_dir} does not exist; it should hold the {display_name} release")
     expected = " or ".join(str(root / first.annotation_files[0]) for root in candidates)
+    if not manual_dir.is_dir():
+        raise DataError(
+            f"manual dir {manual_dir} does not exist; it should hold the {display_name} release: {expected}"
+        )
     raise DataError(f"manual dir {manual_dir} does not have the {display_name} layout: expected {expected}")
 
 
@@ -281,7 +290,7 @@ def load_prepared(data_dir: Path, dataset: str, config: str) -> tfds.core.Datase
     path = prepared_dir(data_dir, dataset, config)
     if not (path / "dataset_info.json").is_file():
         raise DataError(
-            f"dataset {dataset}/{config} is not built: expected {path}; run "
-            f"python -m resam_jax.data.prepare --dataset {dataset} --config {config} --data-dir {data_dir} --manual-dir DIR"
+            f"dataset {dataset}/{config} is not built: expected {path}; run python -m resam_jax.data.prepare "
+            f"--dataset {dataset} --config {config} --data-dir {data_dir} --manual-dir DIR"
         )
     return tfds.builder_from_directory(path)

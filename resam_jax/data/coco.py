@@ -21,7 +21,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import PIL.Image
 from pycocotools import mask as mask_utils
 
@@ -197,15 +196,21 @@ def _parse_images(
             continue
         label = f"images[{index}] (id {image_id})"
         if not isinstance(file_name, str) or not file_name:
-            skips.append(Skip(file, label, f"malformed image entry: 'file_name' must be a non-empty string, got {file_name!r}"))
+            skips.append(
+                Skip(file, label, f"malformed image entry: 'file_name' must be a non-empty string, got {file_name!r}")
+            )
             continue
         size = [entry.get("height"), entry.get("width")]
         # height/width are optional: the decoded file is authoritative when they are absent.
         if any(v is not None and not (_is_int(v) and v > 0) for v in size):
-            skips.append(Skip(file, label, f"malformed image entry: 'height'/'width' must be positive integers, got {size}"))
+            skips.append(
+                Skip(file, label, f"malformed image entry: 'height'/'width' must be positive integers, got {size}")
+            )
             continue
         if image_id in images:
-            skips.append(Skip(file, label, f"duplicate image id: {image_id} is already used by {images[image_id].label}"))
+            skips.append(
+                Skip(file, label, f"duplicate image id: {image_id} is already used by {images[image_id].label}")
+            )
             continue
         entry = _ImageEntry(index, image_id, file_name, size[0], size[1])
         if image_id in excluded_ids:
@@ -249,7 +254,9 @@ def _parse_annotations(
             skips.append(Skip(file, label, f"missing image: 'image_id' {image_id!r} is not a usable entry of 'images'"))
             continue
         if entry.get("iscrowd", 0):
-            skips.append(Skip(file, label, "crowd annotation: iscrowd=1 marks a region of many objects, not an instance"))
+            skips.append(
+                Skip(file, label, "crowd annotation: iscrowd=1 marks a region of many objects, not an instance")
+            )
             continue
         problem = _segmentation_problem(entry.get("segmentation"))
         if problem:
@@ -322,7 +329,9 @@ def _load_image(
 
     path = _resolve_image_path(image_dir, entry.file_name)
     if path is None:
-        return skip_image(f"image file not found: {image_dir / entry.file_name} (also tried suffixes {', '.join(ALTERNATE_SUFFIXES)})")
+        return skip_image(
+            f"image file not found: {image_dir / entry.file_name} (also tried suffixes {', '.join(ALTERNATE_SUFFIXES)})"
+        )
     try:
         with PIL.Image.open(path) as image:
             image.load()
@@ -332,9 +341,13 @@ def _load_image(
         return skip_image(f"image does not decode: {path}: {e}")
     if mode not in RGB_CONVERTIBLE_MODES:
         # 16-bit and float rasters have no agreed 8-bit mapping; guessing one would corrupt the data.
-        return skip_image(f"unsupported pixel format: {path} has PIL mode {mode}; convert it to 8-bit RGB or grey first")
+        return skip_image(
+            f"unsupported pixel format: {path} has PIL mode {mode}; convert it to 8-bit RGB or grey first"
+        )
     if (entry.height, entry.width) != (None, None) and (entry.height, entry.width) != (height, width):
-        return skip_image(f"image size mismatch: {path} is {height}x{width}, the JSON says {entry.height}x{entry.width}")
+        return skip_image(
+            f"image size mismatch: {path} is {height}x{width}, the JSON says {entry.height}x{entry.width}"
+        )
     if not annotations:
         return skip_image("image has no instances: no annotation refers to it")
 
@@ -346,7 +359,10 @@ def _load_image(
         else:
             instances.append(instance)
     if not instances:
-        return None, [*skips, Skip(file, entry.label, f"image has no instances: all {len(annotations)} annotations were rejected")]
+        return None, [
+            *skips,
+            Skip(file, entry.label, f"image has no instances: all {len(annotations)} annotations were rejected"),
+        ]
     record = ImageRecord(entry.image_id, path, entry.file_name, height, width, tuple(instances))
     return record, skips
 
@@ -356,7 +372,10 @@ def _rasterise(annotation: _Annotation, height: int, width: int) -> tuple[Instan
     segmentation = annotation.segmentation
     if isinstance(segmentation, dict):
         if list(segmentation["size"]) != [height, width]:
-            return None, f"bad segmentation: RLE size {segmentation['size']} differs from the image size [{height}, {width}]"
+            return (
+                None,
+                f"bad segmentation: RLE size {segmentation['size']} differs from the image size [{height}, {width}]",
+            )
         if isinstance(segmentation["counts"], list):
             rle = mask_utils.frPyObjects(segmentation, height, width)
         else:
@@ -381,7 +400,10 @@ def _rasterise(annotation: _Annotation, height: int, width: int) -> tuple[Instan
         )
     bbox = (max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height)))
     if bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
-        return None, f"bbox outside the image: [{x}, {y}, {w}, {h}] (xywh) has no extent inside the {width}x{height} image"
+        return (
+            None,
+            f"bbox outside the image: [{x}, {y}, {w}, {h}] (xywh) has no extent inside the {width}x{height} image",
+        )
     counts = rle["counts"]
     return Instance(
         rle=counts if isinstance(counts, bytes) else counts.encode("ascii"),

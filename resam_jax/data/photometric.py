@@ -105,7 +105,7 @@ def random_shadow(
     for _ in range(rng.integers(num_shadows[0], num_shadows[1] + 1)):
         xs = rng.integers(x_min, max(x_max, x_min + 1), size=vertices)
         ys = rng.integers(y_min, max(y_max, y_min + 1), size=vertices)
-        draw.polygon(list(zip(xs.tolist(), ys.tolist())), fill=255)
+        draw.polygon(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=255)
     inside = np.asarray(region) > 0
     out = image.copy()
     out[inside] = _halve_lightness(image[inside])

@@ -6,14 +6,15 @@
 
 Every sample is one (image, chunk) pair: an image with more than `max_instances` instances
 becomes several samples, so every instance is used every epoch (the public code trains on
-chunks of 50). The flattened (image, chunk) index is sharded across hosts, shuffled per
-epoch in training, and turned into samples by grain with threads and, optionally, worker
+chunks of 50). The flattened (image, chunk) index is sharded across hosts by image, shuffled
+per epoch in training, and turned into samples by grain with threads and, optionally, worker
 processes. Each sample draws its randomness from (seed, epoch, image, chunk), so training
 views differ every epoch and evaluation prompts depend on the seed alone, not on the number
 of hosts, workers or the batch size.
 
 Evaluation runs one pass; its last batch is filled with empty samples (image_id -1, no
-valid instance) so shapes stay static and every host runs the same number of steps.
+valid instance) so shapes stay static and every host runs the same number of steps. The
+chunks of one image share its image_id: per-image metrics sum over them.
 Pixel normalisation is left to the device (see resam_jax.model.normalize_pixels).
 """
 
@@ -31,7 +32,7 @@ from absl import flags
 
 from resam_jax.data.builders import load_prepared
 from resam_jax.data.coco import DataError
-from resam_jax.data.views import Pad, ViewConfig, empty_sample, make_sample
+from resam_jax.data.views import Pad, ViewConfig, empty_sample, make_sample, paste_masks, stack_samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,7 @@ class DataConfig:
     num_epochs: int | None = None  # training passes; None repeats until the trainer stops
     worker_count: int = 0  # grain worker processes; 0 works in the calling process
     read_threads: int = 2  # threads per process producing batches
-    prefetch_batches: int = 2  # batches buffered per process (a 1024 sample with 50 slots is ~55 MB)
+    prefetch_batches: int = 2  # batches buffered per process
 
     def __post_init__(self):
         if self.pad not in ("center", "bottom_right"):
@@ -57,6 +58,8 @@ class DataConfig:
         for name in ("image_size", "max_instances", "num_points", "batch_size", "read_threads", "prefetch_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.worker_count < 0:
+            raise ValueError(f"worker_count must be >= 0, got {self.worker_count}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> DataConfig:
@@ -95,24 +98,35 @@ def _resolve_shard(shard_index: int | None, shard_count: int | None) -> tuple[in
     return shard_index, shard_count
 
 
-def host_samples(
-    config: DataConfig, split: str, *, train: bool, shard_index: int, shard_count: int
-) -> np.ndarray:
-    """This host's (record, first instance) rows; evaluation rows padded with (-1, 0)."""
+def host_samples(config: DataConfig, split: str, *, train: bool, shard_index: int, shard_count: int) -> np.ndarray:
+    """This host's (record, first instance) rows, the same number on every host.
+
+    Hosts own whole images (record % shard_count), so the chunks of an image are evaluated
+    on one host. Every host gets as many rows as the largest share, so all run the same
+    number of steps: training repeats a few of its own rows, evaluation adds (-1, 0) rows
+    (empty samples) and rounds up to whole batches.
+    """
     meta = _split_metadata(config, split)
     rows = chunk_index(meta["num_instances"], config.max_instances)
+    owner = rows[:, 0] % shard_count
+    per_host = int(np.bincount(owner, minlength=shard_count).max())
+    mine = rows[owner == shard_index]
     if train:
-        if len(rows) < shard_count:
-            raise DataError(f"{config.dataset}/{split} has {len(rows)} samples, fewer than the {shard_count} hosts")
-        return rows[shard_index::shard_count]
-    per_host = math.ceil(len(rows) / shard_count / config.batch_size) * config.batch_size
-    mine = rows[shard_index::shard_count]
+        if len(mine) == 0:
+            raise DataError(
+                f"{config.dataset}/{split} has {len(meta['num_instances'])} images, fewer than the {shard_count} hosts"
+            )
+        return np.resize(mine, (per_host, 2))
+    per_host = math.ceil(per_host / config.batch_size) * config.batch_size
     padding = np.tile(np.int64([[-1, 0]]), (per_host - len(mine), 1))
     return np.concatenate([mine, padding])
 
 
-def steps_per_epoch(config: DataConfig, split: str, *, train: bool, shard_index: int, shard_count: int) -> int:
-    """Batches one pass over this host's samples yields (training drops the last partial one)."""
+def steps_per_epoch(
+    config: DataConfig, split: str, *, train: bool, shard_index: int | None = None, shard_count: int | None = None
+) -> int:
+    """Batches in one pass over this host's samples; the same on every host."""
+    shard_index, shard_count = _resolve_shard(shard_index, shard_count)
     n = len(host_samples(config, split, train=train, shard_index=shard_index, shard_count=shard_count))
     return n // config.batch_size
 
@@ -142,11 +156,13 @@ class _SampleLoader:
 
     def _open(self):
         if self._source is None:
-            builder = load_prepared(Path(self._config.data_dir).expanduser(), self._config.dataset, self._config.dataset_config)
+            builder = load_prepared(
+                Path(self._config.data_dir).expanduser(), self._config.dataset, self._config.dataset_config
+            )
             self._source = builder.as_data_source(self._split)
         return self._source
 
-    def __call__(self, index: int, row: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, index: int, row: np.ndarray) -> dict[str, Any]:
         record, first = int(row[0]), int(row[1])
         view = self._config.view
         if record < 0:
@@ -197,9 +213,13 @@ def make_dataset(
     dataset = grain.MapDataset.source(rows)
     if train:
         dataset = dataset.shuffle(seed=seed + shard_index).repeat(config.num_epochs)
-    dataset = dataset.map_with_index(loader).batch(config.batch_size, drop_remainder=train)
-    iterable = dataset.to_iter_dataset(
-        grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_batches)
+    read_options = grain.ReadOptions(
+        num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_batches * config.batch_size
+    )
+    iterable = (
+        dataset.map_with_index(loader)
+        .to_iter_dataset(read_options)
+        .batch(config.batch_size, drop_remainder=train, batch_fn=stack_samples)
     )
     if config.worker_count > 0:
         # Grain's workers read absl flags of their own; outside an absl app (tests, notebooks)
@@ -207,4 +227,6 @@ def make_dataset(
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
-    return iterable
+    # Dense masks (~52 MB per 1024 sample with 50 slots, nearly all zeros) are made here, in the
+    # consuming process: handing them between processes cost more than building a sample.
+    return iterable.map(paste_masks)

@@ -95,7 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--manual-dir", type=Path, help="folder holding the published release (needed to build)")
     parser.add_argument("--data-dir", type=Path, required=True, help="where the TFDS files are written")
     parser.add_argument(
-        "--annotations", type=_split_path, action="append", metavar="SPLIT=JSON",
+        "--annotations",
+        type=_split_path,
+        action="append",
+        metavar="SPLIT=JSON",
         help="coco_instances only: one per split, relative to --manual-dir or absolute",
     )
     parser.add_argument("--images", default="images", help="coco_instances only: images folder (default: images)")

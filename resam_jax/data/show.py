@@ -51,7 +51,7 @@ def render_view(image: np.ndarray, sample: Mapping[str, np.ndarray], panel_size:
     radius = max(2, panel_size // 128)
     for i in valid:
         draw.rectangle((sample["boxes"][i] * scale).tolist(), outline=_instance_colour(i), width=2)
-        for (x, y), label in zip(sample["points"][i], sample["point_labels"][i]):
+        for (x, y), label in zip(sample["points"][i], sample["point_labels"][i], strict=True):
             if label < 0:
                 continue
             # +0.5: points are pixel indices, drawn at the pixel centre.
@@ -100,9 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         batches = make_dataset(config, args.split, train=not args.eval, seed=args.seed, shard_index=0, shard_count=1)
-        samples = [
-            {k: v[0] for k, v in batch.items()} for batch in itertools.islice(batches, args.num_samples)
-        ]
+        samples = [{k: v[0] for k, v in batch.items()} for batch in itertools.islice(batches, args.num_samples)]
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,8 +17,8 @@ prompt encoder expects (it adds the half-pixel shift itself).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import PIL.Image
@@ -129,9 +129,7 @@ def sample_points(
     return points, labels.astype(np.int32)
 
 
-def _sample_outside(
-    crop: MaskCrop, frame: tuple[int, int], n: int, rng: np.random.Generator
-) -> tuple[np.ndarray, int]:
+def _sample_outside(crop: MaskCrop, frame: tuple[int, int], n: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     # Rejection sampling is exact and fast while the object covers little of the frame.
     accepted = np.zeros((0, 2), np.int64)
     for _ in range(8):
@@ -177,15 +175,17 @@ def make_sample(
     config: ViewConfig,
     rng: np.random.Generator,
     augment: bool,
-) -> dict[str, np.ndarray]:
-    """One sample of the batch contract (without the leading batch dimension).
+) -> dict[str, Any]:
+    """One sample of the batch contract (without the leading batch dimension), except that
+    the instance masks are `mask_crops` (one `MaskCrop` per valid slot, padded frame):
+    dense [N, S, S] masks are mostly zeros, so they are made only at the end (`paste_masks`).
 
     `rles`/`boxes` (xyxy, source pixels) are the instances of this sample, at most
     `config.max_instances`. Without `augment` there is no flip and strong == weak.
     """
-    size, n_max, n_pts = config.image_size, config.max_instances, config.num_points
-    if len(rles) > n_max:
-        raise ValueError(f"{len(rles)} instances exceed max_instances={n_max}; chunk the image first")
+    size, n_pts = config.image_size, config.num_points
+    if len(rles) > config.max_instances:
+        raise ValueError(f"{len(rles)} instances exceed max_instances={config.max_instances}; chunk the image first")
     height, width = image.shape[:2]
     resized = preprocess_shape(height, width, size)
     top, left = pad_offset(resized, size, config.pad)
@@ -193,9 +193,7 @@ def make_sample(
     weak = resize_image(image, resized)
     crops = resize_rle_masks(rles, (height, width), resized)
     # SAM's apply_coords: x * neww / w, y * newh / h.
-    scaled = np.asarray(boxes, np.float32).reshape(-1, 4) * np.float32(
-        [resized[1] / width, resized[0] / height] * 2
-    )
+    scaled = np.asarray(boxes, np.float32).reshape(-1, 4) * np.float32([resized[1] / width, resized[0] / height] * 2)
     if augment:
         horizontal, vertical = sample_flip(rng, config.flip_probability)
         weak = np.ascontiguousarray(weak[:: -1 if vertical else 1, :: -1 if horizontal else 1])
@@ -212,12 +210,11 @@ def make_sample(
     sample["content_mask"][content] = True
     offset = np.float32([left, top])
     for i, crop in enumerate(crops):
-        h, w = crop.mask.shape
-        sample["masks"][i, top + crop.top : top + crop.top + h, left + crop.left : left + crop.left + w] = crop.mask
         points, labels = sample_points(crop, resized, n_pts, rng)
         sample["points"][i] = points + offset
         sample["point_labels"][i] = labels
     k = len(crops)
+    sample["mask_crops"] = tuple(MaskCrop(c.top + top, c.left + left, c.mask) for c in crops)
     sample["boxes"][:k] = scaled + np.tile(offset, 2)
     sample["instance_valid"][:k] = True
     sample["image_id"][()] = image_id
@@ -227,14 +224,14 @@ def make_sample(
     return sample
 
 
-def empty_sample(config: ViewConfig) -> dict[str, np.ndarray]:
+def empty_sample(config: ViewConfig) -> dict[str, Any]:
     """A sample with no content and no valid instance; also pads the last evaluation batch."""
     size, n_max, n_pts = config.image_size, config.max_instances, config.num_points
     return {
         "weak_image": np.zeros((size, size, 3), np.uint8),
         "strong_image": np.zeros((size, size, 3), np.uint8),
         "content_mask": np.zeros((size, size), bool),
-        "masks": np.zeros((n_max, size, size), bool),
+        "mask_crops": (),
         "boxes": np.zeros((n_max, 4), np.float32),
         "points": np.zeros((n_max, 2 * n_pts, 2), np.float32),
         "point_labels": np.full((n_max, 2 * n_pts), -1, np.int32),
@@ -244,3 +241,23 @@ def empty_sample(config: ViewConfig) -> dict[str, np.ndarray]:
         "resized_size": np.zeros((2,), np.int32),
         "pad_offset": np.zeros((2,), np.int32),
     }
+
+
+def stack_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Batches samples; mask crops stay per-sample lists (small to hand between processes)."""
+    batch = {key: np.stack([s[key] for s in samples]) for key in samples[0] if key != "mask_crops"}
+    batch["mask_crops"] = [s["mask_crops"] for s in samples]
+    return batch
+
+
+def paste_masks(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The batch contract: `mask_crops` become dense masks [B, N, S, S] (False where no instance)."""
+    dense = {key: value for key, value in batch.items() if key != "mask_crops"}
+    num_slots, size = batch["boxes"].shape[1], batch["content_mask"].shape[1]
+    masks = np.zeros((len(batch["mask_crops"]), num_slots, size, size), bool)
+    for b, crops in enumerate(batch["mask_crops"]):
+        for i, crop in enumerate(crops):
+            h, w = crop.mask.shape
+            masks[b, i, crop.top : crop.top + h, crop.left : crop.left + w] = crop.mask
+    dense["masks"] = masks
+    return dense

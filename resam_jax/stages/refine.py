@@ -27,7 +27,7 @@ def remove_overlaps(masks: jax.Array, instance_valid: jax.Array) -> tuple[jax.Ar
 
     Returns:
         (masks without contested pixels, bool [B, N, H, W];
-          removed fraction, float32 [B]: removed instance-pixels / claimed instance-pixels, 0 if none)
+         removed fraction, float32 [B]: removed instance-pixels / claimed instance-pixels, 0 if none)
     """
     masks = masks & instance_valid[:, :, None, None]
     claims = jnp.sum(masks, axis=1, dtype=jnp.int32)  # [B, H, W]

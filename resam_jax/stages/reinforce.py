@@ -71,8 +71,13 @@ class FeatureQueues:
 
     @classmethod
     def empty(cls, capacity: int, feature_dim: int) -> "FeatureQueues":
-        zeros = jnp.zeros((capacity, feature_dim), jnp.float32)
-        return cls(weak=zeros, strong=zeros, next_slot=jnp.int32(0), size=jnp.int32(0))
+        # Two separate buffers: the state is donated, and a buffer may be donated only once.
+        return cls(
+            weak=jnp.zeros((capacity, feature_dim), jnp.float32),
+            strong=jnp.zeros((capacity, feature_dim), jnp.float32),
+            next_slot=jnp.int32(0),
+            size=jnp.int32(0),
+        )
 
     @property
     def capacity(self) -> int:
@@ -168,3 +173,9 @@ def reinforce(
         weak.reshape(-1, feature_dim), strong.reshape(-1, feature_dim), valid.reshape(-1)
     )
     return ssa_loss(queues, form, tau), queues
+
+
+def ssa_weight(epoch: jax.Array, num_epochs: int, max_weight: float) -> jax.Array:
+    """beta(e) = max_weight / (1 + exp(-(e - (E + 1) / 2))) for the 1-based epoch e of E: SSA
+    grows from a small share of the loss in the first epochs to max_weight in the last ones."""
+    return max_weight * jax.nn.sigmoid(epoch - (num_epochs + 1) / 2)

@@ -24,8 +24,8 @@ def mask_boxes(masks: jax.Array) -> tuple[jax.Array, jax.Array]:
 
     Returns:
         (boxes float32 [..., 4] as [xmin, ymin, xmax, ymax] in inclusive pixel indices, as the
-          public code's torch.where(...).min()/max(); zeros for an empty mask,
-          nonempty bool [...]).
+         public code's torch.where(...).min()/max(); zeros for an empty mask,
+         nonempty bool [...]).
     """
     columns = jnp.any(masks, axis=-2)  # [..., W]
     rows = jnp.any(masks, axis=-1)  # [..., H]
