@@ -1,0 +1,142 @@
+"""Training checkpoints (orbax), preemption, and the exports written at the end of a run.
+
+    WORKDIR/checkpoints/<step>/state    the TrainState (LoRA, optimiser, teacher, SSA queues, ...)
+    WORKDIR/checkpoints/<step>/data     each host's input-pipeline position (grain)
+    WORKDIR/export/lora/                the trained LoRA parameters alone (orbax tree)
+    WORKDIR/export/sam_merged/          a plain SAM checkpoint with LoRA folded into qkv,
+                                        loadable by `python -m resam_jax.predict --checkpoint`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import grain
+import grain.checkpoint
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from resam_jax.model import SamConfig, save_sam_params
+
+
+class TrainCheckpoints:
+    """Keeps the last `keep` checkpoints of the train state and the data iterator."""
+
+    def __init__(self, directory: str | Path, keep: int):
+        self._manager = ocp.CheckpointManager(
+            Path(directory).resolve(),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+            },
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator) -> None:
+        """Saves unless this step is already saved (an epoch end on a save interval)."""
+        if self._manager.latest_step() == step:
+            return
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+            ),
+        )
+
+    def restore(self, abstract_state: Any, data_iterator: grain.DatasetIterator) -> Any:
+        """The latest train state, shaped and sharded like `abstract_state`; the data iterator
+        is moved to where it was."""
+        step = self._manager.latest_step()
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=grain.checkpoint.CheckpointRestore(data_iterator),
+            ),
+        )
+        return restored["state"]
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+class PreemptionWatch:
+    """Notices SIGTERM (a preempted VM) so the loop can checkpoint and stop between steps.
+
+    With several processes every one must stop at the same step: JAX's preemption sync point
+    (the distributed runtime catches SIGTERM itself) decides for all of them.
+    """
+
+    def __init__(self):
+        self._terminated = threading.Event()
+        self._previous = None
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint after the current step")
+        self._terminated.set()
+
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._terminated.is_set()
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _flat_values(state: nnx.State) -> dict[tuple, np.ndarray]:
+    return {path: np.asarray(jax.device_get(v.get_value())) for path, v in nnx.to_flat_state(state)}
+
+
+def merged_sam_params(lora: nnx.State, frozen: nnx.State) -> dict[tuple, np.ndarray]:
+    """SAM's parameters with each block's LoRA folded into its fused qkv projection.
+
+    The block computes x @ qkv.kernel + [x @ A_q @ B_q, 0, x @ A_v @ B_v], so adding A_q @ B_q
+    to the q third of the kernel (columns :dim) and A_v @ B_v to the v third (2*dim:) gives
+    the same function without LoRA.
+    """
+    params = _flat_values(frozen)
+    adapters = _flat_values(lora)
+    for path in {p[:-2] for p in adapters}:  # (..., "attn")
+        kernel = params[path + ("qkv", "kernel")].copy()
+        dim = kernel.shape[0]
+        for name, columns in (("lora_q", slice(0, dim)), ("lora_v", slice(2 * dim, 3 * dim))):
+            delta = adapters[path + (name, "lora_a")] @ adapters[path + (name, "lora_b")]
+            kernel[:, columns] += delta.astype(kernel.dtype)
+        params[path + ("qkv", "kernel")] = kernel
+    return params
+
+
+def export_lora(directory: str | Path, lora: nnx.State) -> None:
+    """The LoRA parameters alone, as a nested orbax tree (block paths as in the model)."""
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(Path(directory).resolve(), jax.device_get(nnx.to_pure_dict(lora)), force=True)
+    checkpointer.wait_until_finished()
+
+
+def export_merged_sam(
+    directory: str | Path, lora: nnx.State, frozen: nnx.State, config: SamConfig, source: dict
+) -> None:
+    """A plain SAM checkpoint (no LoRA) equal to the adapted model."""
+    save_sam_params(
+        directory,
+        merged_sam_params(lora, frozen),
+        dataclasses.replace(config, lora_start_layer=None),
+        source,
+    )

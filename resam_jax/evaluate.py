@@ -1,0 +1,68 @@
+"""Evaluation step (METHOD.md section 5): prompt SAM with the GT points or boxes of every
+instance, binarise at the padded S x S resolution and count tp/fp/fn/tn per instance.
+
+The host turns the counts into per-image scores with resam_jax.metrics.ImageAveragedScores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import ml_collections
+from flax import nnx
+
+from resam_jax.metrics import binarize, confusion_counts
+from resam_jax.model import Sam, normalize_pixels, upsample_logits
+
+Batch = Mapping[str, jax.Array]
+PROMPTS = ("points", "boxes")
+
+
+def decode_masks(
+    model: Sam, embedding: jax.Array, image_size: int, **prompts: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Single-mask decode upsampled to the input frame: (logits [B, N, S, S], IoU head [B, N])."""
+    logits, iou = model.decode(embedding, **prompts, multimask_output=False)
+    return upsample_logits(logits[:, :, 0], image_size), iou[:, :, 0]
+
+
+def batch_prompts(batch: Batch, prompt: str) -> dict[str, jax.Array]:
+    """The decode prompts of a batch: its points and labels, or its GT boxes."""
+    if prompt == "points":
+        return {"points": batch["points"], "point_labels": batch["point_labels"]}
+    if prompt == "boxes":
+        return {"boxes": batch["boxes"]}
+    raise ValueError(f"unknown prompt {prompt!r}; expected one of {PROMPTS}")
+
+
+def predict_logits(model: Sam, batch: Batch, prompt: str, pixel_norm: str) -> jax.Array:
+    """Mask logits [B, N, S, S] of every instance of the weak (unaugmented-colour) view."""
+    images = normalize_pixels(batch["weak_image"], batch["content_mask"], pixel_norm)
+    embedding = model.encode(images)
+    logits, _ = decode_masks(model, embedding, images.shape[1], **batch_prompts(batch, prompt))
+    return logits
+
+
+def make_eval_step(
+    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict
+) -> Callable[[nnx.State, nnx.State, Batch], dict[str, jax.Array]]:
+    """A jitted `(lora, frozen, batch) -> {"counts": int32 [B, N, 4], "instance_valid": [B, N]}`.
+
+    `lora` is whichever LoRA set to evaluate: the student's (TrainState.lora), or the initial
+    one (B = 0) for Direct SAM. Reads config.eval.{prompt, threshold_on} and
+    config.model.pixel_norm.
+    """
+    prompt = config.eval.prompt
+    threshold_on = config.eval.threshold_on
+    pixel_norm = config.model.pixel_norm
+    if prompt not in PROMPTS:
+        raise ValueError(f"eval.prompt={prompt!r}; expected one of {PROMPTS}")
+
+    def eval_step(lora: nnx.State, frozen: nnx.State, batch: Batch) -> dict[str, jax.Array]:
+        model = nnx.merge(graphdef, lora, frozen)
+        predicted = binarize(predict_logits(model, batch, prompt, pixel_norm), threshold_on)
+        counts = confusion_counts(predicted, batch["masks"], batch["instance_valid"])
+        return {"counts": counts, "instance_valid": batch["instance_valid"]}
+
+    return jax.jit(eval_step)

@@ -1,0 +1,78 @@
+"""Segmentation losses of the student, per instance, as in the public ReSAM/WeSAM code.
+
+All per-instance functions take logits [..., H, W] and binary targets [..., H, W] and return
+one value per instance [...]; `masked_mean` averages them over the valid instances only.
+"""
+
+import jax
+import jax.numpy as jnp
+
+# torch.nn.functional.binary_cross_entropy clamps its log terms at -100.
+_BCE_LOG_FLOOR = -100.0
+# Epsilon of the public code's calc_iou.
+_IOU_EPS = 1e-7
+
+
+def focal_loss(logits: jax.Array, targets: jax.Array, alpha: float, gamma: float) -> jax.Array:
+    """Pixel mean of alpha * (1 - exp(-BCE))^gamma * BCE, BCE on sigmoid probabilities."""
+    logits = logits.astype(jnp.float32)
+    targets = targets.astype(jnp.float32)
+    log_p = jnp.maximum(jax.nn.log_sigmoid(logits), _BCE_LOG_FLOOR)
+    log_not_p = jnp.maximum(jax.nn.log_sigmoid(-logits), _BCE_LOG_FLOOR)
+    bce = -(targets * log_p + (1.0 - targets) * log_not_p)
+    focal = alpha * (1.0 - jnp.exp(-bce)) ** gamma * bce
+    return jnp.mean(focal, axis=(-2, -1))
+
+
+def dice_loss(logits: jax.Array, targets: jax.Array, smooth: float = 1.0) -> jax.Array:
+    """1 - (2 |p t| + smooth) / (|p| + |t| + smooth), p = sigmoid(logits)."""
+    probs = jax.nn.sigmoid(logits.astype(jnp.float32))
+    targets = targets.astype(jnp.float32)
+    intersection = jnp.sum(probs * targets, axis=(-2, -1))
+    total = jnp.sum(probs, axis=(-2, -1)) + jnp.sum(targets, axis=(-2, -1))
+    return 1.0 - (2.0 * intersection + smooth) / (total + smooth)
+
+
+def mask_iou(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """IoU of (sigmoid(logits) >= 0.5) against the targets; the IoU head's regression target."""
+    predicted = logits >= 0
+    targets = targets.astype(bool)
+    intersection = jnp.sum(predicted & targets, axis=(-2, -1), dtype=jnp.float32)
+    union = jnp.sum(predicted | targets, axis=(-2, -1), dtype=jnp.float32)
+    return intersection / (union + _IOU_EPS)
+
+
+def iou_regression_loss(iou_predictions: jax.Array, logits: jax.Array, targets: jax.Array):
+    """Squared error between the IoU head and the actual IoU of the predicted mask."""
+    actual = jax.lax.stop_gradient(mask_iou(logits, targets))
+    return (iou_predictions.astype(jnp.float32) - actual) ** 2
+
+
+def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
+    """Mean over the valid entries; 0 when there are none; a NaN in an invalid entry
+    does not leak into the result."""
+    total = jnp.sum(jnp.where(valid, values, 0.0))
+    return total / jnp.maximum(jnp.sum(valid, dtype=values.dtype), 1.0)
+
+
+def segmentation_losses(
+    logits: jax.Array,
+    iou_predictions: jax.Array,
+    targets: jax.Array,
+    valid: jax.Array,
+    focal_alpha: float,
+    focal_gamma: float,
+) -> dict[str, jax.Array]:
+    """Focal, dice and IoU-regression losses averaged over the valid instances.
+
+    Args:
+        logits: student logits in the input frame [B, N, H, W].
+        iou_predictions: student IoU head [B, N].
+        targets: bool [B, N, H, W] pseudo-labels (or GT masks in supervised mode).
+        valid: bool [B, N].
+    """
+    return {
+        "focal": masked_mean(focal_loss(logits, targets, focal_alpha, focal_gamma), valid),
+        "dice": masked_mean(dice_loss(logits, targets), valid),
+        "iou": masked_mean(iou_regression_loss(iou_predictions, logits, targets), valid),
+    }

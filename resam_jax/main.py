@@ -1,0 +1,60 @@
+r"""Train and evaluate ReSAM.
+
+    python -m resam_jax.main --config configs/demo.py --workdir /tmp/resam_demo
+    python -m resam_jax.main --config configs/nwpu.py --workdir runs/nwpu [--config.a.b=value ...]
+
+The config file's docstring holds its own command. A workdir with a checkpoint resumes.
+Multi-host (GPU clusters): give --coordinator_address, --num_processes and --process_id (or
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID) on every host; Cloud TPU VMs
+need none of them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics, overlays and exports go here")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
+flags.mark_flags_as_required(["config", "workdir"])
+
+NEXT_STEPS = """
+The demo used a tiny, randomly initialised SAM on synthetic images. To run the real benchmarks:
+  1. SAM ViT-B weights: download https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth
+     python -m weights_convert.convert_sam --checkpoint sam_vit_b_01ec64.pth --output weights/sam_vit_b
+  2. NWPU VHR-10 (Images/ and Annotations/NWPU_instances_{train,val}.json) in data/NWPU:
+     python -m resam_jax.data.prepare --dataset nwpu_vhr10 --manual-dir data/NWPU --data-dir ~/tensorflow_datasets
+  3. python -m resam_jax.main --config configs/nwpu.py --workdir runs/nwpu
+     (configs/whu.py and configs/hrsid.py likewise; --config.method.mode=supervised|direct for the other rows)
+"""
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from resam_jax import parallel
+
+    # Before anything touches a JAX backend.
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+
+    from resam_jax import reporting, train
+
+    reporting.quiet_library_logs()
+    config = _CONFIG.value
+    try:
+        result = train.train_and_evaluate(config, _WORKDIR.value)
+    except train.RunError as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if config.data.synthetic_images and not result["preempted"]:
+        print(NEXT_STEPS)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,151 @@
+"""What a user sees of a run: the progress line, metric files, the evaluation table, overlays.
+
+    WORKDIR/metrics.jsonl       one JSON object per line: {"step", "kind": "train"|"eval", ...}
+    WORKDIR/tensorboard/        TensorBoard event files (tensorboardX; TensorFlow not needed)
+    WORKDIR/overlays/<step>/    PNGs of validation images: GT | prediction | pseudo-label
+
+Only process 0 writes; the others get writers that do nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from resam_jax.metrics import SCORE_NAMES
+
+
+class _LibraryInfoFilter(logging.Filter):
+    """Drops the INFO chatter of orbax and grain (several lines per checkpoint)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        noisy = "/orbax/" in record.pathname or "/grain/" in record.pathname
+        return record.levelno >= logging.WARNING or not noisy
+
+
+def quiet_library_logs() -> None:
+    for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+        handler.addFilter(_LibraryInfoFilter())
+
+
+class MetricWriter:
+    """Scalars to metrics.jsonl and TensorBoard (under a `kind/` prefix)."""
+
+    def __init__(self, workdir: str | Path, enabled: bool = True):
+        self._enabled = enabled
+        if not enabled:
+            return
+        from tensorboardX import SummaryWriter
+
+        workdir = Path(workdir)
+        self._jsonl = open(workdir / "metrics.jsonl", "a")
+        self._tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, step: int, kind: str, scalars: Mapping[str, float]) -> None:
+        if not self._enabled:
+            return
+        scalars = {name: float(value) for name, value in scalars.items()}
+        self._jsonl.write(json.dumps({"step": step, "kind": kind, **scalars}) + "\n")
+        self._jsonl.flush()
+        for name, value in scalars.items():
+            self._tensorboard.add_scalar(f"{kind}/{name}", value, step)
+        self._tensorboard.flush()
+
+    def close(self) -> None:
+        if self._enabled:
+            self._jsonl.close()
+            self._tensorboard.close()
+
+
+class Progress:
+    """steps/s and ETA over the steps run in this process (a resumed run starts afresh)."""
+
+    def __init__(self, first_step: int, total_steps: int):
+        self._first_step = first_step
+        self._total_steps = total_steps
+        self._start = None
+
+    def start(self) -> None:
+        """Call after the first step: compilation is not part of the speed."""
+        self._start = time.perf_counter()
+
+    def line(self, step: int, epoch: int, metrics: Mapping[str, float]) -> str:
+        done = step - self._first_step - 1  # steps since start(), which came after the first
+        rate = float("nan")
+        if self._start is not None and done > 0:
+            rate = done / max(time.perf_counter() - self._start, 1e-9)
+        remaining = self._total_steps - step
+        eta = str(datetime.timedelta(seconds=round(remaining / rate))) if rate > 0 else "?"
+        parts = " ".join(
+            f"{name} {metrics[name]:.4f}" for name in ("focal", "dice", "iou", "ssa") if name in metrics
+        )
+        return (
+            f"step {step}/{self._total_steps} epoch {epoch} | loss {metrics['loss']:.4f} ({parts})"
+            f" | skipped {metrics.get('skipped', 0):.2f} | {rate:.2f} steps/s | ETA {eta}"
+        )
+
+
+def evaluation_table(rows: Sequence[tuple[str, Mapping[str, float]]]) -> str:
+    """Rows (label, {iou, f1, precision, recall, images}) as an aligned text table, in percent."""
+    header = f"{'evaluation':<28}{'images':>8}" + "".join(f"{name:>11}" for name in SCORE_NAMES)
+    lines = [header, "-" * len(header)]
+    for label, scores in rows:
+        lines.append(
+            f"{label:<28}{int(scores['images']):>8}"
+            + "".join(f"{100 * scores[name]:>11.2f}" for name in SCORE_NAMES)
+        )
+    return "\n".join(lines)
+
+
+_COLOURS = np.array(
+    [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+     (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)],
+    np.uint8,
+)  # fmt: skip
+
+
+def _draw_instances(image: np.ndarray, masks: np.ndarray, valid: np.ndarray, title: str) -> Image.Image:
+    canvas = image.astype(np.float32)
+    for k in np.flatnonzero(valid):
+        colour = _COLOURS[k % len(_COLOURS)].astype(np.float32)
+        canvas[masks[k]] = 0.45 * canvas[masks[k]] + 0.55 * colour
+    panel = Image.fromarray(canvas.astype(np.uint8))
+    ImageDraw.Draw(panel).text((3, 2), title, fill=(255, 255, 255))
+    return panel
+
+
+def write_overlays(
+    directory: str | Path,
+    images: np.ndarray,
+    image_ids: np.ndarray,
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
+) -> list[Path]:
+    """One PNG per image: the image with each panel's instance masks drawn side by side.
+
+    Args:
+        images: uint8 [B, S, S, 3] (the weak view).
+        image_ids: int [B]; ids < 0 are batch padding and are skipped.
+        panels: title -> (masks bool [B, N, S, S], valid bool [B, N]).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for b, image_id in enumerate(image_ids):
+        if image_id < 0:
+            continue
+        drawn = [_draw_instances(images[b], m[b], v[b], title) for title, (m, v) in panels.items()]
+        row = Image.new("RGB", (sum(p.width for p in drawn), drawn[0].height))
+        for i, panel in enumerate(drawn):
+            row.paste(panel, (i * panel.width, 0))
+        path = directory / f"image_{int(image_id)}.png"
+        row.save(path)
+        written.append(path)
+    logging.info("wrote %d overlays to %s", len(written), directory)
+    return written

@@ -1,0 +1,173 @@
+"""One ReSAM train step (METHOD.md section 4) as a pure jitted function.
+
+    step = make_train_step(graphdef, config)
+    state, metrics = step(state, frozen, batch)      # state is donated
+
+Mode "resam": the teacher (EMA of the student's LoRA) encodes the weak view once; Refine and
+Requery both decode from that embedding to make box-prompted pseudo-labels; the student encodes
+the strong view and decodes with the original points; the loss is
+    focal_weight * focal + dice_weight * dice + iou_weight * IoU-MSE + beta(epoch) * SSA
+over the instances that survive Requery. Mode "supervised": the student learns the GT masks on
+the weak view with the same losses, without teacher or SSA. Mode "direct" does not train.
+
+A step whose loss is not finite, exceeds outlier_factor x the mean of the last accepted losses,
+or has no valid instance is skipped inside the jitted function: parameters, optimiser state,
+teacher, queues and loss window stay as they were; only `step` advances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from resam_jax.evaluate import decode_masks
+from resam_jax.losses import segmentation_losses
+from resam_jax.model import normalize_pixels
+from resam_jax.optim import learning_rate_schedule, make_optimizer, updates_applied
+from resam_jax.stages.refine import refine_masks
+from resam_jax.stages.reinforce import reinforce, ssa_weight
+from resam_jax.stages.requery import pseudo_labels, requery_prompts
+from resam_jax.train_state import TRAIN_MODES, TrainState, ema_update
+
+Batch = Mapping[str, jax.Array]
+TrainStep = Callable[[TrainState, nnx.State, Batch], tuple[TrainState, dict[str, jax.Array]]]
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Defaults of every field the train and eval steps read; configs/*.py start from these."""
+    config = ml_collections.ConfigDict()
+    config.method = ml_collections.ConfigDict(
+        dict(
+            mode="resam",  # "resam" | "supervised" | "direct"
+            refine_threshold=0.3,  # keep pixel if p * (1 - H) > threshold
+            ema_rate=0.0,  # teacher LoRA EMA; 0 = the current student (public code)
+            focal_alpha=0.8,
+            focal_gamma=2.0,
+            focal_weight=20.0,
+            dice_weight=1.0,
+            iou_weight=1.0,
+            ssa_form="matched",  # "matched" (public code) | "softmax" (paper v1)
+            ssa_tau=0.05,  # softmax form only
+            ssa_queue_size=32,
+            ssa_max_weight=4.0,  # beta(e) = ssa_max_weight / (1 + exp(-(e - (E + 1) / 2)))
+            outlier_factor=4.0,
+            outlier_window=50,
+        )
+    )
+    config.optim = ml_collections.ConfigDict(
+        dict(lr=5e-4, weight_decay=1e-4, warmup_steps=250, milestones=(2000, 4000), decay=0.1)
+    )
+    config.train = ml_collections.ConfigDict(dict(num_epochs=10))
+    config.model = ml_collections.ConfigDict(dict(pixel_norm="sam"))  # "sam" | "unit"
+    config.eval = ml_collections.ConfigDict(
+        dict(
+            prompt="points",  # "points" | "boxes"
+            threshold_on="logits",  # "logits" (public code) | "probs"
+            reduction="image_micro",  # "image_micro" (METHOD.md) | "instance_mean" (public code)
+        )
+    )
+    return config
+
+
+def make_train_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> TrainStep:
+    """The jitted train step for config.method.mode ("resam" or "supervised").
+
+    Args:
+        graphdef: from resam_jax.train_state.split_model.
+        config: see default_config.
+    """
+    method = config.method
+    if method.mode not in TRAIN_MODES:
+        raise ValueError(
+            f"method.mode={method.mode!r} does not train; expected one of {TRAIN_MODES}"
+        )
+    resam = method.mode == "resam"
+    optimizer = make_optimizer(config.optim)
+    schedule = learning_rate_schedule(config.optim)
+    pixel_norm = config.model.pixel_norm
+    num_epochs = config.train.num_epochs
+
+    def train_step(
+        state: TrainState, frozen: nnx.State, batch: Batch
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        weak_image = normalize_pixels(batch["weak_image"], batch["content_mask"], pixel_norm)
+        image_size = weak_image.shape[1]
+        point_prompts = {"points": batch["points"], "point_labels": batch["point_labels"]}
+        metrics = {}
+
+        if resam:
+            teacher = nnx.merge(graphdef, state.teacher_lora, frozen)
+            weak_embedding = teacher.encode(weak_image)
+            refine_logits, _ = decode_masks(teacher, weak_embedding, image_size, **point_prompts)
+            refined, metrics["overlap_fraction"] = refine_masks(
+                refine_logits, batch["instance_valid"], method.refine_threshold
+            )
+            boxes, valid = requery_prompts(refined, batch["instance_valid"])
+            requery_logits, _ = decode_masks(teacher, weak_embedding, image_size, boxes=boxes)
+            targets = pseudo_labels(requery_logits)
+            student_image = normalize_pixels(
+                batch["strong_image"], batch["content_mask"], pixel_norm
+            )
+        else:
+            targets, valid = batch["masks"], batch["instance_valid"]
+            student_image = weak_image
+
+        def loss_fn(lora):
+            student = nnx.merge(graphdef, lora, frozen)
+            embedding = student.encode(student_image)
+            logits, iou_predictions = decode_masks(student, embedding, image_size, **point_prompts)
+            parts = segmentation_losses(
+                logits, iou_predictions, targets, valid, method.focal_alpha, method.focal_gamma
+            )
+            total = (
+                method.focal_weight * parts["focal"]
+                + method.dice_weight * parts["dice"]
+                + method.iou_weight * parts["iou"]
+            )
+            queues = None
+            if resam:
+                stride = image_size // embedding.shape[1]
+                parts["ssa"], queues = reinforce(
+                    state.ssa_queues, weak_embedding, embedding, boxes, valid, stride,
+                    method.ssa_form, method.ssa_tau,
+                )  # fmt: skip
+                parts["ssa_weight"] = ssa_weight(state.epoch, num_epochs, method.ssa_max_weight)
+                total = total + parts["ssa_weight"] * parts["ssa"]
+            return total, (parts, queues)
+
+        (loss, (parts, queues)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.lora)
+        num_valid = jnp.sum(valid, dtype=jnp.int32)
+        skipped = state.loss_window.is_outlier(loss, method.outlier_factor) | (num_valid == 0)
+
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.lora)
+        lora = optax.apply_updates(state.lora, updates)
+        updated = state.replace(
+            lora=lora,
+            opt_state=opt_state,
+            teacher_lora=ema_update(state.teacher_lora, lora, method.ema_rate) if resam else None,
+            ssa_queues=jax.lax.stop_gradient(queues),
+            loss_window=state.loss_window.push(loss),
+        )
+        new_state = jax.tree.map(lambda old, new: jnp.where(skipped, old, new), state, updated)
+        new_state = new_state.replace(step=state.step + 1)
+
+        metrics.update(parts)
+        metrics.update(
+            loss=loss,
+            skipped=skipped,
+            valid_instances=num_valid,
+            learning_rate=schedule(updates_applied(state.opt_state)),
+        )
+        if resam:
+            metrics["overlap_fraction"] = jnp.mean(metrics["overlap_fraction"])
+            metrics["pseudo_label_kept_fraction"] = num_valid / jnp.maximum(
+                jnp.sum(batch["instance_valid"]), 1
+            )
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=0)

@@ -1,0 +1,151 @@
+"""The run on a tiny SAM and a small synthetic dataset: configs, errors, resume, the demo CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from ml_collections import config_flags
+
+from resam_jax import train
+from resam_jax.data.prepare import prepare
+from resam_jax.data.synthetic import write_coco_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = ("nwpu", "whu", "hrsid", "demo")
+
+
+def load_config(name: str, *overrides: str):
+    from absl import flags
+
+    argv = ["prog", f"--config={REPO}/configs/{name}.py", *overrides]
+    flag_values = flags.FlagValues()
+    # As main.py defines it; sys_argv stands in for the command line.
+    config_flags.DEFINE_config_file("config", lock_config=True, flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    return flag_values.config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Runs in one test compile the same steps: share the compiled programs between them."""
+    cache = str(tmp_path_factory.mktemp("jax_cache"))
+    previous = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield cache
+    jax.config.update("jax_compilation_cache_dir", previous[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory):
+    """The demo's dataset, generated and prepared once: (manual_dir, data_dir)."""
+    root = tmp_path_factory.mktemp("synthetic")
+    manual_dir = write_coco_dataset(root / "coco", num_train=8, num_val=4, image_size=160, seed=0)
+    splits = {"train": "annotations/train.json", "val": "annotations/val.json"}
+    prepare("coco_instances", config="resam_demo", data_dir=root / "tfds", manual_dir=manual_dir, annotations=splits)
+    return manual_dir, root / "tfds"
+
+
+def small_config(synthetic_data, **train_overrides):
+    manual_dir, data_dir = synthetic_data
+    config = load_config(
+        "demo",
+        f"--config.data.manual_dir={manual_dir}",
+        f"--config.data.data_dir={data_dir}",
+        "--config.data.synthetic_images=8",
+        "--config.data.image_size=64",
+        "--config.data.batch_size=2",
+        "--config.method.mode=supervised",  # trains from step 1 even with a random teacher
+        "--config.optim.warmup_steps=0",
+        "--config.train.eval_before_training=False",
+        "--config.train.num_overlays=0",
+    )
+    config.train.update(train_overrides)
+    return config
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_configs_load_with_method_fields(name):
+    config = load_config(name)
+    assert config.method.mode in train.MODES
+    assert config.data.dataset and config.data.eval_split
+    if name != "demo":
+        assert config.data.image_size == 1024 and config.model.model_type == "vit_b"
+        assert config.train.num_epochs in (5, 10) and len(config.optim.milestones) == 2
+
+
+def test_override_changes_a_field_and_unknown_key_is_rejected():
+    assert load_config("nwpu", "--config.method.ema_rate=0.99").method.ema_rate == 0.99
+    with pytest.raises(Exception, match="no_such_field"):
+        load_config("nwpu", "--config.train.no_such_field=1")
+
+
+def test_missing_dataset_and_checkpoint_name_the_fix(tmp_path, synthetic_data):
+    config = load_config("nwpu", f"--config.data.data_dir={tmp_path / 'tfds'}")
+    with pytest.raises(train.RunError, match=r"python -m resam_jax\.data\.prepare --dataset nwpu_vhr10"):
+        train.train_and_evaluate(config, tmp_path / "run")
+    config = small_config(synthetic_data)
+    config.model.model_type = "vit_b"
+    config.model.checkpoint = str(tmp_path / "weights" / "sam_vit_b")
+    with pytest.raises(train.RunError, match=r"sam_vit_b_01ec64\.pth.*\n.*weights_convert\.convert_sam"):
+        train.train_and_evaluate(config, tmp_path / "run")
+
+
+def _lora(workdir: Path):
+    return jax.tree.leaves(ocp.StandardCheckpointer().restore(workdir / "export" / "lora"))
+
+
+def _train_records(workdir: Path):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path, synthetic_data):
+    # 8 training images, global batch 2: 4 steps per epoch; stop after 3, resume to 6.
+    steps = dict(num_epochs=2, log_every_steps=1, checkpoint_every_steps=3)
+    full = train.train_and_evaluate(small_config(synthetic_data, **steps), tmp_path / "full")
+    assert full["steps"] == 8
+
+    resumed_dir = tmp_path / "resumed"
+    first = train.train_and_evaluate(small_config(synthetic_data, max_steps=3, **steps), resumed_dir)
+    assert first["steps"] == 3
+    second = train.train_and_evaluate(small_config(synthetic_data, **steps), resumed_dir)
+    assert second["steps"] == 8
+
+    for a, b in zip(_lora(tmp_path / "full"), _lora(resumed_dir), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    full_losses = {r["step"]: r["loss"] for r in _train_records(tmp_path / "full")}
+    resumed_losses = {r["step"]: r["loss"] for r in _train_records(resumed_dir)}
+    assert resumed_losses.keys() == full_losses.keys() == set(range(1, 9))
+    np.testing.assert_allclose([resumed_losses[s] for s in range(1, 9)], [full_losses[s] for s in range(1, 9)], rtol=1e-5)
+    assert full["evaluations"][-1][1] == pytest.approx(second["evaluations"][-1][1])
+    assert not all(np.all(a[..., :] == 0) for a in _lora(resumed_dir))
+
+
+def test_demo_command_writes_every_output(tmp_path):
+    """The README's first command, shortened: one epoch on 8 images at 64x64."""
+    workdir = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "resam_jax.main", "--config", "configs/demo.py", "--workdir", str(workdir),
+         "--config.data.synthetic_images=8", "--config.data.image_size=64", "--config.train.num_epochs=1",
+         "--config.train.num_overlays=2"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "configs/nwpu.py" in result.stdout
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert len(evals) == 2 and {"iou", "f1", "precision", "recall"} <= evals[0].keys()
+    assert any(r["kind"] == "train" for r in records)
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+    assert (workdir / "export" / "lora").is_dir()
+    assert (workdir / "export" / "sam_merged" / "sam_checkpoint.json").is_file()
+    assert len(list((workdir / "overlays").glob("step_*/*.png"))) == 4
+    assert "RANDOMLY INITIALISED" in result.stderr

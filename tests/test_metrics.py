@@ -1,0 +1,145 @@
+"""Metrics against a straightforward NumPy implementation of the definitions (METHOD.md 5)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resam_jax.metrics import ImageAveragedScores, binarize, confusion_counts, image_scores
+
+
+def _score(numerator, denominator):
+    return numerator / denominator if denominator else 1.0  # smp's zero_division=1.0
+
+
+def _numpy_scores(tp, fp, fn):
+    return {
+        "iou": _score(tp, tp + fp + fn),
+        "f1": _score(2 * tp, 2 * tp + fp + fn),
+        "precision": _score(tp, tp + fp),
+        "recall": _score(tp, tp + fn),
+    }
+
+
+def _numpy_image_micro(pred, gt):
+    """smp micro-imagewise with the image's instances as one image: sum counts, then score."""
+    tp = int(np.sum(pred & gt))
+    fp = int(np.sum(pred & ~gt))
+    fn = int(np.sum(~pred & gt))
+    return _numpy_scores(tp, fp, fn)
+
+
+def _numpy_instance_mean(pred, gt):
+    """What smp computes when handed an [N, H, W] stack: each instance scored, then averaged."""
+    per_instance = [_numpy_image_micro(p[None], g[None]) for p, g in zip(pred, gt, strict=True)]
+    return {name: np.mean([s[name] for s in per_instance]) for name in per_instance[0]}
+
+
+@pytest.fixture
+def batch():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 5, 12, 12)).astype(np.float32) * 2
+    gt = rng.random((4, 5, 12, 12)) > 0.7
+    valid = rng.random((4, 5)) > 0.3
+    valid[0] = True
+    valid[1] = [True, False, False, False, False]
+    gt[1, 0] = False  # an empty GT with an empty prediction: every score 1 by zero division
+    logits[1, 0] = -5
+    valid[3] = False  # e.g. batch padding: no score
+    return logits, gt, valid
+
+
+@pytest.mark.parametrize("threshold_on", ["logits", "probs"])
+@pytest.mark.parametrize("reduction", ["image_micro", "instance_mean"])
+def test_scores_match_numpy_definitions(batch, threshold_on, reduction):
+    logits, gt, valid = batch
+    predicted = binarize(jnp.asarray(logits), threshold_on)
+    counts = confusion_counts(predicted, jnp.asarray(gt), jnp.asarray(valid))
+    scores, has_instances = image_scores(np.asarray(counts), valid, reduction)
+    np.testing.assert_array_equal(has_instances, [True, True, True, False])
+
+    threshold = 0.5 if threshold_on == "logits" else 0.0  # sigmoid(x) >= 0.5 <=> x >= 0
+    pred = logits >= threshold
+    reference = _numpy_image_micro if reduction == "image_micro" else _numpy_instance_mean
+    for b in range(3):
+        want = reference(pred[b][valid[b]], gt[b][valid[b]])
+        for name, value in want.items():
+            np.testing.assert_allclose(scores[name][b], value, rtol=1e-12, err_msg=name)
+    assert all(scores[name][1] == 1.0 for name in scores)
+
+
+def test_logit_threshold_is_half_not_zero():
+    predicted = binarize(jnp.asarray([0.0, 0.49, 0.5, 0.6]), "logits")
+    np.testing.assert_array_equal(predicted, [False, False, True, True])
+    predicted = binarize(jnp.asarray([-0.1, 0.0, 0.49]), "probs")
+    np.testing.assert_array_equal(predicted, [False, True, True])
+
+
+def test_counts_cover_every_pixel_and_zero_invalid_instances(batch):
+    logits, gt, valid = batch
+    counts = np.asarray(
+        confusion_counts(jnp.asarray(logits) > 0, jnp.asarray(gt), jnp.asarray(valid))
+    )
+    np.testing.assert_array_equal(counts.sum(-1), np.where(valid, 12 * 12, 0))
+
+
+def test_accumulator_averages_over_images_with_instances(batch):
+    logits, gt, valid = batch
+    counts = np.asarray(
+        confusion_counts(
+            binarize(jnp.asarray(logits), "logits"), jnp.asarray(gt), jnp.asarray(valid)
+        )
+    )
+    accumulator = ImageAveragedScores("image_micro")
+    accumulator.update(counts[:2], valid[:2])
+    accumulator.update(counts[2:], valid[2:])
+    scores, _ = image_scores(counts, valid, "image_micro")
+    result = accumulator.result()
+    assert accumulator.num_images == 3
+    for name in ("iou", "f1", "precision", "recall"):
+        np.testing.assert_allclose(result[name], scores[name][:3].mean())
+
+
+def test_empty_accumulator_is_an_error():
+    with pytest.raises(ValueError, match="no image"):
+        ImageAveragedScores("image_micro").result()
+
+
+@pytest.mark.parametrize("prompt", ["points", "boxes"])
+def test_eval_step_counts_match_a_direct_computation(prompt):
+    from test_train_step import make_batch, make_config, make_model
+
+    from resam_jax.evaluate import make_eval_step
+    from resam_jax.model import normalize_pixels, upsample_logits
+    from resam_jax.train_state import split_model
+
+    model = make_model()
+    graphdef, lora, frozen = split_model(model)
+    config = make_config()
+    config.eval.prompt = prompt
+    batch = make_batch(0)
+    out = make_eval_step(graphdef, config)(lora, frozen, batch)
+
+    images = normalize_pixels(batch["weak_image"], batch["content_mask"], "sam")
+    prompts = (
+        {"points": batch["points"], "point_labels": batch["point_labels"]}
+        if prompt == "points"
+        else {"boxes": batch["boxes"]}
+    )
+    low_res, _ = model.decode(model.encode(images), **prompts)
+    pred = np.asarray(upsample_logits(low_res[:, :, 0], images.shape[1])) >= 0.5
+    gt, valid = batch["masks"], batch["instance_valid"]
+    want = (
+        np.stack(
+            [
+                (pred & gt).sum((2, 3)),
+                (pred & ~gt).sum((2, 3)),
+                (~pred & gt).sum((2, 3)),
+                (~pred & ~gt).sum((2, 3)),
+            ],
+            axis=-1,
+        )
+        * valid[..., None]
+    )
+    np.testing.assert_array_equal(out["counts"], want)
+    np.testing.assert_array_equal(out["instance_valid"], valid)
+    assert want[valid][:, 0].sum() > 0  # the comparison is not between two empty predictions

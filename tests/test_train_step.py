@@ -1,0 +1,237 @@
+"""The jitted train step on the tiny SAM and a tiny synthetic batch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from resam_jax.model import Sam, sam_config
+from resam_jax.train_state import create_train_state, split_model
+from resam_jax.train_step import default_config, make_train_step
+
+IMAGE_SIZE = 64
+NUM_INSTANCES = 3  # the last slot is padding
+NUM_POINTS = 1
+# A randomly initialised SAM predicts p ~ 0.5 everywhere, which Refine rejects entirely; a
+# steeper mask head makes the teacher confident so that Refine and Requery have work to do.
+LOGIT_SCALE = 30.0
+
+
+def make_batch(seed: int, batch_size: int = 2) -> dict[str, np.ndarray]:
+    """Two coloured rectangles per image on a noisy background, with points and boxes."""
+    rng = np.random.default_rng(seed)
+    s, n = IMAGE_SIZE, NUM_INSTANCES
+    weak = rng.integers(0, 60, (batch_size, s, s, 3)).astype(np.uint8)
+    masks = np.zeros((batch_size, n, s, s), bool)
+    boxes = np.zeros((batch_size, n, 4), np.float32)
+    points = np.zeros((batch_size, n, 2 * NUM_POINTS, 2), np.float32)
+    labels = np.full((batch_size, n, 2 * NUM_POINTS), -1, np.int32)
+    for b in range(batch_size):
+        for k, (y0, x0) in enumerate([(4, 4), (36, 30)]):
+            h, w = rng.integers(14, 26, 2)
+            masks[b, k, y0 : y0 + h, x0 : x0 + w] = True
+            weak[b, y0 : y0 + h, x0 : x0 + w] = rng.integers(120, 255, 3)
+            boxes[b, k] = [x0, y0, x0 + w - 1, y0 + h - 1]
+            ys, xs = np.nonzero(masks[b, k])
+            inside = rng.integers(len(xs))
+            ys_out, xs_out = np.nonzero(~masks[b, k])
+            outside = rng.integers(len(xs_out))
+            points[b, k] = [[xs[inside], ys[inside]], [xs_out[outside], ys_out[outside]]]
+            labels[b, k] = [1, 0]
+    strong = np.clip(weak.astype(np.int32) * 1.2 + 10, 0, 255).astype(np.uint8)
+    content = np.ones((batch_size, s, s), bool)
+    content[:, :, s - 6 :] = False  # a padded strip, as after ResizeLongestSide
+    return {
+        "weak_image": weak,
+        "strong_image": strong,
+        "content_mask": content,
+        "masks": masks,
+        "boxes": boxes,
+        "points": points,
+        "point_labels": labels,
+        "instance_valid": np.array([[True, True, False]] * batch_size),
+        "image_id": np.arange(batch_size, dtype=np.int32),
+        "original_size": np.full((batch_size, 2), s, np.int32),
+        "resized_size": np.full((batch_size, 2), s, np.int32),
+        "pad_offset": np.zeros((batch_size, 2), np.int32),
+    }
+
+
+def make_model() -> Sam:
+    model = Sam(sam_config("tiny", image_size=IMAGE_SIZE, lora_start_layer=0), rngs=nnx.Rngs(0))
+    head = model.mask_decoder.output_hypernetworks_mlps[0].layers[-1]
+    head.kernel[...] = head.kernel[...] * LOGIT_SCALE
+    head.bias[...] = head.bias[...] * LOGIT_SCALE
+    return model
+
+
+def make_config(**method):
+    config = default_config()
+    config.optim.update(lr=1e-2, warmup_steps=0)
+    config.method.update(ssa_queue_size=4, ema_rate=0.5)
+    config.method.update(method)
+    config.train.num_epochs = 2
+    return config
+
+
+class EncodeCounter:
+    """Counts Sam.encode calls, i.e. image encodings per trace of a jitted step."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        original = Sam.encode
+
+        def counting_encode(model, images):
+            self.calls += 1
+            return original(model, images)
+
+        monkeypatch.setattr(Sam, "encode", counting_encode)
+
+
+@pytest.fixture(scope="module")
+def encode_counter():
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield EncodeCounter(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def resam(encode_counter):
+    """(graphdef, frozen, fresh-state factory, jitted step), compiled once for the module."""
+    model = make_model()
+    graphdef, lora, frozen = split_model(model)
+    config = make_config()
+    step = make_train_step(graphdef, config)
+
+    def fresh_state():
+        return create_train_state(jax.tree.map(jnp.copy, lora), 32, config)
+
+    return graphdef, frozen, fresh_state, step
+
+
+def _copy(tree):
+    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+def _assert_trees_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_compiles_once_and_encodes_each_view_once(resam, encode_counter):
+    _, frozen, fresh_state, step = resam
+    state = fresh_state()
+    for seed in range(3):
+        state, metrics = step(state, frozen, make_batch(seed))
+    # one trace: the teacher encodes the weak view once, the student the strong view once
+    assert encode_counter.calls == 2
+    assert int(state.step) == 3
+    assert int(metrics["valid_instances"]) > 0
+
+
+def test_only_lora_changes_and_frozen_params_stay_bit_identical(resam):
+    graphdef, frozen, fresh_state, step = resam
+    before_frozen = _copy(frozen)
+    state = fresh_state()
+    before_lora = _copy(state.lora)
+    for _ in range(2):
+        state, metrics = step(state, frozen, make_batch(0))
+        assert not bool(metrics["skipped"])
+    _assert_trees_equal(frozen, before_frozen)
+    changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), before_lora, _copy(state.lora))
+    assert any(jax.tree.leaves(changed))
+    merged = nnx.merge(graphdef, state.lora, frozen)
+    _assert_trees_equal(nnx.state(merged, nnx.Not(nnx.LoRAParam)), before_frozen)
+
+
+def test_teacher_is_the_ema_of_the_student(resam):
+    _, frozen, fresh_state, step = resam
+    state = fresh_state()
+    teacher_before = _copy(state.teacher_lora)
+    state, metrics = step(state, frozen, make_batch(0))
+    assert not bool(metrics["skipped"])
+    expected = jax.tree.map(lambda t, s: 0.5 * t + 0.5 * s, teacher_before, _copy(state.lora))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+        expected,
+        _copy(state.teacher_lora),
+    )
+
+
+def test_queues_fill_with_valid_instances(resam):
+    _, frozen, fresh_state, step = resam
+    state, metrics = step(fresh_state(), frozen, make_batch(0))
+    assert int(state.ssa_queues.size) == min(int(metrics["valid_instances"]), 4)
+
+
+def _skip_leaves_everything_but_step(step, frozen, state, batch):
+    before = _copy(state)
+    state, metrics = step(state, frozen, batch)
+    assert bool(metrics["skipped"])
+    assert int(state.step) == int(before.step) + 1
+    _assert_trees_equal(state.replace(step=before.step), before)
+
+
+def test_outlier_step_is_skipped_inside_jit(resam):
+    _, frozen, fresh_state, step = resam
+    state = fresh_state()
+    window = state.loss_window
+    for _ in range(window.capacity):  # a full window of tiny losses makes any real loss an outlier
+        window = window.push(jnp.float32(1e-6))
+    _skip_leaves_everything_but_step(step, frozen, state.replace(loss_window=window), make_batch(0))
+
+
+def test_step_without_valid_instances_is_skipped(resam):
+    _, frozen, fresh_state, step = resam
+    batch = make_batch(0)
+    batch["instance_valid"][:] = False
+    _skip_leaves_everything_but_step(step, frozen, fresh_state(), batch)
+
+
+def test_resam_steps_reduce_the_loss(resam):
+    _, frozen, fresh_state, step = resam
+    state = fresh_state()
+    batch = make_batch(5)
+    losses = []
+    for _ in range(8):
+        state, metrics = step(state, frozen, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_ssa_alone_trains_the_student():
+    """With every other loss weighted 0 and no weight decay, LoRA moves only if the SSA gradient
+    reaches it through the strong-view features (the public code's SSA never does)."""
+    model = make_model()
+    graphdef, lora, frozen = split_model(model)
+    config = make_config(focal_weight=0.0, dice_weight=0.0, iou_weight=0.0, ssa_queue_size=2)
+    config.optim.weight_decay = 0.0
+    state = create_train_state(lora, 32, config)
+    before = _copy(state.lora)
+    state, metrics = make_train_step(graphdef, config)(state, frozen, make_batch(0))
+    assert not bool(metrics["skipped"])
+    assert float(metrics["ssa"]) > 0
+    changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), before, _copy(state.lora))
+    assert any(jax.tree.leaves(changed))
+
+
+def test_supervised_steps_reduce_the_loss_on_gt_masks():
+    graphdef, lora, frozen = split_model(make_model())
+    config = make_config(mode="supervised")
+    state = create_train_state(lora, 32, config)
+    assert state.teacher_lora is None and state.ssa_queues is None
+    step = make_train_step(graphdef, config)
+    batch = make_batch(3)
+    losses = []
+    for _ in range(8):
+        state, metrics = step(state, frozen, batch)
+        losses.append(float(metrics["loss"]))
+    assert int(metrics["valid_instances"]) == 4
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_direct_mode_does_not_train():
+    graphdef, lora, _ = split_model(make_model())
+    with pytest.raises(ValueError, match="does not train"):
+        make_train_step(graphdef, make_config(mode="direct"))
+    with pytest.raises(ValueError, match="does not train"):
+        create_train_state(lora, 32, make_config(mode="direct"))

@@ -1,0 +1,103 @@
+"""Optimiser, schedule, EMA and outlier window of the train state."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import torch
+
+from resam_jax.optim import learning_rate_schedule, make_optimizer, updates_applied
+from resam_jax.train_state import LossWindow, ema_update
+
+
+def _optim_config(**overrides):
+    config = ml_collections.ConfigDict(
+        dict(lr=5e-2, weight_decay=1e-2, warmup_steps=3, milestones=(5, 8), decay=0.1)
+    )
+    config.update(overrides)
+    return config
+
+
+def _torch_lambda(config):
+    def factor(step):
+        if step < config.warmup_steps:
+            return step / config.warmup_steps
+        return config.decay ** sum(step >= m for m in config.milestones)
+
+    return factor
+
+
+def test_schedule_matches_the_public_lambda():
+    config = _optim_config(warmup_steps=250, milestones=(2000, 4000), lr=5e-4)
+    schedule = learning_rate_schedule(config)
+    factor = _torch_lambda(config)
+    for step in (0, 1, 125, 249, 250, 1999, 2000, 3999, 4000, 10_000):
+        np.testing.assert_allclose(schedule(step), 5e-4 * factor(step), rtol=1e-6)
+
+
+def test_adam_with_coupled_weight_decay_matches_torch():
+    config = _optim_config()
+    rng = np.random.default_rng(0)
+    params = {
+        "a": rng.normal(size=(3, 4)).astype(np.float32),
+        "b": rng.normal(size=(5,)).astype(np.float32),
+    }
+    gradients = [
+        {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+        for _ in range(10)
+    ]
+
+    torch_params = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in params.items()}
+    torch_optimizer = torch.optim.Adam(
+        torch_params.values(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(torch_optimizer, _torch_lambda(config))
+    for gradient in gradients:
+        for k, p in torch_params.items():
+            p.grad = torch.from_numpy(gradient[k])
+        torch_optimizer.step()
+        scheduler.step()
+
+    optimizer = make_optimizer(config)
+    jax_params = jax.tree.map(jnp.asarray, params)
+    opt_state = optimizer.init(jax_params)
+    for gradient in gradients:
+        updates, opt_state = optimizer.update(
+            jax.tree.map(jnp.asarray, gradient), opt_state, jax_params
+        )
+        jax_params = optax.apply_updates(jax_params, updates)
+
+    for k in params:
+        np.testing.assert_allclose(
+            jax_params[k], torch_params[k].detach().numpy(), rtol=2e-5, atol=1e-6
+        )
+
+
+def test_ema_rate_zero_copies_the_student_and_otherwise_mixes():
+    teacher = {"w": jnp.asarray([1.0, 2.0])}
+    student = {"w": jnp.asarray([3.0, 6.0])}
+    assert ema_update(teacher, student, 0.0) is student
+    np.testing.assert_allclose(ema_update(teacher, student, 0.75)["w"], [1.5, 3.0])
+
+
+def test_loss_window_flags_non_finite_always_and_large_losses_once_full():
+    window = LossWindow.empty(3)
+    assert bool(window.is_outlier(jnp.float32(jnp.nan), 4.0))
+    assert bool(window.is_outlier(jnp.float32(jnp.inf), 4.0))
+    assert not bool(window.is_outlier(jnp.float32(1e6), 4.0))  # not full yet
+    for loss in (1.0, 2.0, 3.0, 1.0):  # ring buffer keeps the last three: 2, 3, 1 (mean 2)
+        window = window.push(jnp.float32(loss))
+    assert int(window.size) == 3
+    assert not bool(window.is_outlier(jnp.float32(8.0), 4.0))
+    assert bool(window.is_outlier(jnp.float32(8.01), 4.0))
+
+
+def test_updates_applied_reads_the_schedule_count():
+    config = _optim_config()
+    optimizer = make_optimizer(config)
+    params = {"w": jnp.ones(2)}
+    opt_state = optimizer.init(params)
+    for _ in range(3):
+        _, opt_state = optimizer.update({"w": jnp.ones(2)}, opt_state, params)
+    assert int(updates_applied(opt_state)) == 3
