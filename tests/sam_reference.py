@@ -16,8 +16,10 @@ from segment_anything.modeling import (
     ImageEncoderViT,
     MaskDecoder,
     PromptEncoder,
-    Sam as TorchSam,
     TwoWayTransformer,
+)
+from segment_anything.modeling import (
+    Sam as TorchSam,
 )
 
 from resam_jax.model import Sam, SamConfig

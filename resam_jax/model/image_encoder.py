@@ -81,11 +81,13 @@ class Attention(nnx.Module):
         bias_w = jnp.einsum("bnhwd,wkd->bnhwk", r_q, rel_w)
         attn = attn.reshape(b, self.num_heads, h, w, h, w)
         attn = attn + bias_h[..., :, None] + bias_w[..., None, :]
-        attn = attn.reshape(b, self.num_heads, h * w, h * w)
-        attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
-
-        out = jnp.einsum("bnqk,bnkd->bqnd", attn, v).reshape(b, h, w, c)
-        return self.proj(out)
+        attn = attn.reshape(b, self.num_heads, h * w, h * w).astype(jnp.float32)
+        # Softmax with the division after the value product: it scales an
+        # [hw, d] result instead of the [hw, hw] matrix (4096^2 in global blocks).
+        weights = jnp.exp(attn - jax.lax.stop_gradient(attn.max(axis=-1, keepdims=True)))
+        out = jnp.einsum("bnqk,bnkd->bnqd", weights.astype(v.dtype), v)
+        out = out / weights.sum(axis=-1, keepdims=True).astype(out.dtype)
+        return self.proj(out.transpose(0, 2, 1, 3).reshape(b, h, w, c))
 
 
 def window_partition(x: jax.Array, window: int) -> tuple[jax.Array, tuple[int, int]]:

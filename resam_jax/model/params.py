@@ -8,7 +8,7 @@ ConvTranspose2d (2, 3, 0, 1)). `tests/test_model_parity.py` pins all three.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from flax import nnx
@@ -137,11 +137,16 @@ def _torch_name(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
-def check_params(params: Mapping[tuple, np.ndarray], config: SamConfig, source: str) -> None:
-    """Raise CheckpointMismatchError listing every missing, unexpected and mis-shaped tensor."""
+def check_params(
+    params: Mapping[tuple, np.ndarray], config: SamConfig, source: str, unmapped: Sequence[str] = ()
+) -> None:
+    """Raise CheckpointMismatchError listing every missing, unexpected and mis-shaped tensor.
+
+    `unmapped` are source keys that `torch_to_flax` could not place.
+    """
     expected = frozen_param_shapes(config)
     missing = sorted(_torch_name(p) for p in expected.keys() - params.keys())
-    extra = sorted(_torch_name(p) for p in params.keys() - expected.keys())
+    extra = sorted([*unmapped, *(_torch_name(p) for p in params.keys() - expected.keys())])
     shapes = sorted(
         f"{_torch_name(p)}: checkpoint {tuple(params[p].shape)}, {config.model_type} expects {expected[p]}"
         for p in expected.keys() & params.keys()

@@ -1,0 +1,274 @@
+"""Host-side input pipeline: built TFDS split -> fixed-shape numpy batches (the batch contract).
+
+    config = DataConfig(dataset="nwpu_vhr10", data_dir="~/tensorflow_datasets")
+    for batch in make_dataset(config, "train", train=True, seed=1337):
+        ...  # dict of numpy arrays, leading dim config.batch_size
+
+Every sample is one (image, chunk) pair: an image with more than `max_instances` instances
+becomes several samples, so every instance is used every epoch (the public code trains on
+chunks of 50). The flattened (image, chunk) index is sharded across hosts by image, shuffled
+per epoch in training, and turned into samples by grain with threads and, optionally, worker
+processes. Each sample draws its randomness from (seed, epoch, image, chunk), so training
+views differ every epoch and evaluation prompts depend on the seed alone, not on the number
+of hosts, workers or the batch size.
+
+Evaluation runs one pass; its last batch is filled with empty samples (image_id -1, no
+valid instance) so shapes stay static and every host runs the same number of steps. The
+chunks of one image share its image_id: per-image metrics sum over them.
+Pixel normalisation is left to the device (see resam_jax.model.normalize_pixels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+from absl import flags
+
+from resam_jax.data.builders import load_prepared
+from resam_jax.data.coco import DataError
+from resam_jax.data.views import (
+    Pad,
+    ViewConfig,
+    empty_sample,
+    make_sample,
+    paste_masks,
+    stack_samples,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "nwpu_vhr10"  # nwpu_vhr10 | whu_building | hrsid | coco_instances
+    dataset_config: str = (
+        "default"  # hrsid: inshore | offshore | all; coco_instances: the name it was built with
+    )
+    data_dir: str = "~/tensorflow_datasets"
+    image_size: int = 1024  # S: longest side after resize, and the padded square
+    pad: Pad = "center"  # "center" (public ReSAM code) | "bottom_right" (SAM)
+    max_instances: int = 50  # N: instance slots per sample
+    num_points: int = 1  # P: positive (and as many negative) points per instance
+    batch_size: int = 1  # per host
+    flip_probability: float = 0.5  # albumentations Flip default
+    strong_probability: float = 0.5  # each photometric augmentation, albumentations default
+    num_epochs: int | None = None  # training passes; None repeats until the trainer stops
+    worker_count: int = 0  # grain worker processes; 0 works in the calling process
+    read_threads: int = 2  # threads per process producing batches
+    prefetch_batches: int = 2  # batches buffered per process
+
+    def __post_init__(self):
+        if self.pad not in ("center", "bottom_right"):
+            raise ValueError(f"pad must be 'center' or 'bottom_right', got {self.pad!r}")
+        for name in (
+            "image_size",
+            "max_instances",
+            "num_points",
+            "batch_size",
+            "read_threads",
+            "prefetch_batches",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.worker_count < 0:
+            raise ValueError(f"worker_count must be >= 0, got {self.worker_count}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> DataConfig:
+        """From an ml_collections.ConfigDict (`.to_dict()`) or a plain dict; unknown keys are an error."""
+        values = dict(values.to_dict() if hasattr(values, "to_dict") else values)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown data config fields: {sorted(unknown)}")
+        return cls(**values)
+
+    @property
+    def view(self) -> ViewConfig:
+        return ViewConfig(
+            image_size=self.image_size,
+            pad=self.pad,
+            max_instances=self.max_instances,
+            num_points=self.num_points,
+            flip_probability=self.flip_probability,
+            strong_probability=self.strong_probability,
+        )
+
+
+def chunk_index(num_instances: Sequence[int], max_instances: int) -> np.ndarray:
+    """[M, 2] int64 rows (record, first instance): one per chunk of <= max_instances instances."""
+    rows = [
+        (record, first)
+        for record, n in enumerate(num_instances)
+        for first in range(0, n, max_instances)
+    ]
+    return np.array(rows, np.int64).reshape(-1, 2)
+
+
+def _resolve_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+    if shard_index is None and shard_count is None:
+        import jax  # only needed for the default multi-host split
+
+        return jax.process_index(), jax.process_count()
+    if shard_index is None or shard_count is None or not 0 <= shard_index < shard_count:
+        raise ValueError(f"need 0 <= shard_index < shard_count, got {shard_index} / {shard_count}")
+    return shard_index, shard_count
+
+
+def host_samples(
+    config: DataConfig, split: str, *, train: bool, shard_index: int, shard_count: int
+) -> np.ndarray:
+    """This host's (record, first instance) rows, the same number on every host.
+
+    Hosts own whole images (record % shard_count), so the chunks of an image are evaluated
+    on one host. Every host gets as many rows as the largest share, so all run the same
+    number of steps: training repeats a few of its own rows, evaluation adds (-1, 0) rows
+    (empty samples) and rounds up to whole batches.
+    """
+    meta = _split_metadata(config, split)
+    rows = chunk_index(meta["num_instances"], config.max_instances)
+    owner = rows[:, 0] % shard_count
+    per_host = int(np.bincount(owner, minlength=shard_count).max())
+    mine = rows[owner == shard_index]
+    if train:
+        if len(mine) == 0:
+            raise DataError(
+                f"{config.dataset}/{split} has {len(meta['num_instances'])} images, fewer than the {shard_count} hosts"
+            )
+        return np.resize(mine, (per_host, 2))
+    per_host = math.ceil(per_host / config.batch_size) * config.batch_size
+    padding = np.tile(np.int64([[-1, 0]]), (per_host - len(mine), 1))
+    return np.concatenate([mine, padding])
+
+
+def steps_per_epoch(
+    config: DataConfig,
+    split: str,
+    *,
+    train: bool,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+) -> int:
+    """Batches in one pass over this host's samples; the same on every host."""
+    shard_index, shard_count = _resolve_shard(shard_index, shard_count)
+    n = len(
+        host_samples(config, split, train=train, shard_index=shard_index, shard_count=shard_count)
+    )
+    return n // config.batch_size
+
+
+def _split_metadata(config: DataConfig, split: str) -> dict[str, Any]:
+    builder = load_prepared(
+        Path(config.data_dir).expanduser(), config.dataset, config.dataset_config
+    )
+    splits = builder.info.metadata["splits"]
+    if split not in splits:
+        raise DataError(
+            f"{config.dataset}/{config.dataset_config} has no split {split!r}; it has {', '.join(splits)}"
+        )
+    return splits[split]
+
+
+class _SampleLoader:
+    """(index, (record, first)) -> sample dict. Picklable, so grain can ship it to workers."""
+
+    def __init__(
+        self, config: DataConfig, split: str, *, seed: int, train: bool, epoch_length: int
+    ):
+        self._config = config
+        self._split = split
+        self._seed = seed
+        self._train = train
+        self._epoch_length = epoch_length
+        self._image_ids = _split_metadata(config, split)["image_ids"]
+        self._source = None  # opened lazily, once per process
+
+    def __getstate__(self):
+        return {**self.__dict__, "_source": None}
+
+    def _open(self):
+        if self._source is None:
+            builder = load_prepared(
+                Path(self._config.data_dir).expanduser(),
+                self._config.dataset,
+                self._config.dataset_config,
+            )
+            self._source = builder.as_data_source(self._split)
+        return self._source
+
+    def __call__(self, index: int, row: np.ndarray) -> dict[str, Any]:
+        record, first = int(row[0]), int(row[1])
+        view = self._config.view
+        if record < 0:
+            return empty_sample(view)
+        example = self._open()[record]
+        if int(example["image_id"]) != self._image_ids[record]:
+            raise DataError(
+                f"{self._config.dataset}/{self._split} record {record} holds image {example['image_id']}, "
+                f"its metadata says {self._image_ids[record]}: the prepared files are inconsistent; rebuild them"
+            )
+        instances = example["instances"]
+        chunk = slice(first, first + view.max_instances)
+        epoch = index // self._epoch_length if self._train else 0
+        return make_sample(
+            example["image"],
+            instances["mask_rle"][chunk],
+            np.asarray(instances["bbox"][chunk], np.float32).reshape(-1, 4),
+            int(example["image_id"]),
+            config=view,
+            rng=np.random.default_rng([self._seed, epoch, record, first]),
+            augment=self._train,
+        )
+
+
+def make_dataset(
+    config: DataConfig | Mapping[str, Any],
+    split: str,
+    *,
+    train: bool,
+    seed: int,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+) -> grain.IterDataset:
+    """Batches of the batch contract for this host (default: jax.process_index()/process_count()).
+
+    Training shuffles every epoch, flips and applies the strong augmentations, and repeats
+    `config.num_epochs` times (forever if None). Evaluation is one deterministic pass. The
+    returned grain dataset is iterable, and its iterator's state can be checkpointed.
+    """
+    if not isinstance(config, DataConfig):
+        config = DataConfig.from_mapping(config)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    shard_index, shard_count = _resolve_shard(shard_index, shard_count)
+    rows = host_samples(
+        config, split, train=train, shard_index=shard_index, shard_count=shard_count
+    )
+    loader = _SampleLoader(config, split, seed=seed, train=train, epoch_length=len(rows))
+
+    dataset = grain.MapDataset.source(rows)
+    if train:
+        dataset = dataset.shuffle(seed=seed + shard_index).repeat(config.num_epochs)
+    read_options = grain.ReadOptions(
+        num_threads=config.read_threads,
+        prefetch_buffer_size=config.prefetch_batches * config.batch_size,
+    )
+    iterable = (
+        dataset.map_with_index(loader)
+        .to_iter_dataset(read_options)
+        .batch(config.batch_size, drop_remainder=train, batch_fn=stack_samples)
+    )
+    if config.worker_count > 0:
+        # Grain's workers read absl flags of their own; outside an absl app (tests, notebooks)
+        # nothing has parsed them, and the defaults are what we want.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        iterable = iterable.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=config.worker_count)
+        )
+    # Dense masks (~52 MB per 1024 sample with 50 slots, nearly all zeros) are made here, in the
+    # consuming process: handing them between processes cost more than building a sample.
+    return iterable.map(paste_masks)

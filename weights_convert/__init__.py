@@ -1,0 +1,1 @@
+"""Conversion of Meta's SAM PyTorch checkpoints to resam-jax (orbax) checkpoints."""

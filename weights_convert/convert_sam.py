@@ -1,0 +1,154 @@
+"""Convert Meta's SAM checkpoint (sam_vit_{b,l,h}_*.pth) to a resam-jax checkpoint directory.
+
+    python -m weights_convert.convert_sam --checkpoint sam_vit_b_01ec64.pth --output weights/sam_vit_b
+
+The model type is read from the tensor shapes (`--model-type auto`, the
+default); naming one makes the converter check it. Converting into a directory
+that already holds the same conversion is a no-op; one holding anything else
+is refused, so nothing is ever overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from resam_jax.model.checkpoint import HEADER, CheckpointError, read_header, save_sam_params
+from resam_jax.model.config import MODEL_TYPES, sam_config
+from resam_jax.model.params import (
+    CheckpointMismatchError,
+    check_params,
+    detect_model_type,
+    torch_to_flax,
+)
+
+
+class ConversionError(Exception):
+    """A user-facing conversion failure; the message says what to fix."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a PyTorch checkpoint file as float32 numpy arrays."""
+    import torch  # the only use of torch in resam-jax: reading Meta's files
+
+    if not path.is_file():
+        raise ConversionError(f"checkpoint file {path} does not exist")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise ConversionError(
+            f"cannot read {path} as a PyTorch checkpoint (truncated download or not a .pth file?): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+    # Fine-tuning code often wraps the state_dict; accept the common wrappers.
+    for wrapper in ("state_dict", "model"):
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(wrapper), Mapping):
+            loaded = loaded[wrapper]
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in loaded.values()
+    ):
+        raise ConversionError(
+            f"{path} holds a {type(loaded).__name__}, not a state_dict of tensors"
+        )
+    return {k: v.detach().float().numpy() for k, v in loaded.items()}
+
+
+def convert(checkpoint: Path, output: Path, model_type: str = "auto") -> str:
+    """Convert `checkpoint` into `output`; returns a one-line summary."""
+    state_dict = read_state_dict(checkpoint)
+    params, unmapped = torch_to_flax(state_dict)
+    detected = detect_model_type(params)
+    if model_type == "auto":
+        if detected is None:
+            unexpected = ", ".join(unmapped[:20]) or "none"
+            raise ConversionError(
+                f"{checkpoint} is not a SAM state_dict: no image encoder of a known size "
+                f"({', '.join(MODEL_TYPES)}) found. Keys that are not SAM's: {unexpected}"
+            )
+        model_type = detected
+    elif detected is not None and detected != model_type:
+        width = params["image_encoder", "patch_embed", "kernel"].shape[-1]
+        raise ConversionError(
+            f"{checkpoint} holds a SAM {detected} (encoder width {width}), "
+            f"not the declared --model-type {model_type}"
+        )
+    config = sam_config(model_type)
+    try:
+        check_params(params, config, str(checkpoint), unmapped)
+    except CheckpointMismatchError as e:
+        raise ConversionError(str(e)) from None
+
+    source = {"path": str(checkpoint), "sha256": sha256(checkpoint)}
+    if output.exists() and any(output.iterdir()):
+        try:
+            header = read_header(output)
+        except CheckpointError:
+            raise ConversionError(
+                f"output directory {output} is not empty and holds no resam-jax checkpoint; "
+                "choose a new directory"
+            ) from None
+        if (
+            header.get("source", {}).get("sha256") == source["sha256"]
+            and header.get("model_type") == model_type
+        ):
+            return f"{output} already holds this conversion of {checkpoint} (SAM {model_type}); nothing to do"
+        raise ConversionError(
+            f"output directory {output} already holds a different checkpoint "
+            f"(SAM {header.get('model_type')} from {header.get('source', {}).get('path')}); "
+            "choose a new directory or delete it"
+        )
+
+    # Write next to the target and rename, so an interrupted run leaves nothing half-written.
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        save_sam_params(staging, params, config, source)
+        if output.exists():
+            output.rmdir()  # empty, checked above
+        os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    count = sum(int(np.prod(v.shape)) for v in params.values())
+    return f"converted SAM {model_type} ({count / 1e6:.1f}M parameters) from {checkpoint} to {output}/ ({HEADER} + params/)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m weights_convert.convert_sam",
+        description="Convert Meta's SAM .pth checkpoint to a resam-jax (orbax) checkpoint directory.",
+    )
+    parser.add_argument("--checkpoint", required=True, type=Path, help="sam_vit_{b,l,h}_*.pth")
+    parser.add_argument("--output", required=True, type=Path, help="checkpoint directory to create")
+    parser.add_argument(
+        "--model-type",
+        default="auto",
+        choices=("auto",) + MODEL_TYPES,
+        help="SAM size; 'auto' (default) reads it from the tensor shapes",
+    )
+    args = parser.parse_args(argv)
+    try:
+        print(convert(args.checkpoint, args.output.resolve(), args.model_type))
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
