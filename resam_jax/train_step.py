@@ -18,6 +18,7 @@ teacher, queues and loss window stay as they were; only `step` advances.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ from flax import nnx
 
 from resam_jax.evaluate import decode_masks
 from resam_jax.losses import segmentation_losses
-from resam_jax.model import normalize_pixels
+from resam_jax.model import Sam, normalize_pixels
 from resam_jax.optim import learning_rate_schedule, make_optimizer, updates_applied
 from resam_jax.stages.refine import refine_masks
 from resam_jax.stages.reinforce import reinforce, ssa_weight
@@ -74,6 +75,41 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
+class PseudoLabels(NamedTuple):
+    weak_embedding: jax.Array  # [B, E, E, C] teacher embedding of the weak view
+    boxes: jax.Array  # float32 [B, N, 4] tight boxes of the refined masks (Requery prompts)
+    masks: jax.Array  # bool [B, N, S, S] box-prompted teacher masks
+    valid: jax.Array  # bool [B, N] instances whose refined mask is not empty
+    overlap_fraction: jax.Array  # float32 [B] share of refined pixels removed as overlaps
+
+
+def teacher_pseudo_labels(
+    teacher: Sam,
+    weak_image: jax.Array,
+    point_prompts: Mapping[str, jax.Array],
+    instance_valid: jax.Array,
+    refine_threshold: float,
+) -> PseudoLabels:
+    """Refine and Requery: one encoding of the weak view serves both teacher decodes.
+
+    Args:
+        teacher: the model with the teacher's LoRA.
+        weak_image: normalised weak view [B, S, S, 3].
+        point_prompts: {"points", "point_labels"} of the batch.
+        instance_valid: bool [B, N].
+        refine_threshold: see refine_masks.
+    """
+    image_size = weak_image.shape[1]
+    weak_embedding = teacher.encode(weak_image)
+    refine_logits, _ = decode_masks(teacher, weak_embedding, image_size, **point_prompts)
+    refined, overlap_fraction = refine_masks(refine_logits, instance_valid, refine_threshold)
+    boxes, valid = requery_prompts(refined, instance_valid)
+    requery_logits, _ = decode_masks(teacher, weak_embedding, image_size, boxes=boxes)
+    return PseudoLabels(
+        weak_embedding, boxes, pseudo_labels(requery_logits), valid, overlap_fraction
+    )
+
+
 def make_train_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> TrainStep:
     """The jitted train step for config.method.mode ("resam" or "supervised").
 
@@ -98,18 +134,13 @@ def make_train_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -
         weak_image = normalize_pixels(batch["weak_image"], batch["content_mask"], pixel_norm)
         image_size = weak_image.shape[1]
         point_prompts = {"points": batch["points"], "point_labels": batch["point_labels"]}
-        metrics = {}
 
         if resam:
             teacher = nnx.merge(graphdef, state.teacher_lora, frozen)
-            weak_embedding = teacher.encode(weak_image)
-            refine_logits, _ = decode_masks(teacher, weak_embedding, image_size, **point_prompts)
-            refined, metrics["overlap_fraction"] = refine_masks(
-                refine_logits, batch["instance_valid"], method.refine_threshold
+            pseudo = teacher_pseudo_labels(
+                teacher, weak_image, point_prompts, batch["instance_valid"], method.refine_threshold
             )
-            boxes, valid = requery_prompts(refined, batch["instance_valid"])
-            requery_logits, _ = decode_masks(teacher, weak_embedding, image_size, boxes=boxes)
-            targets = pseudo_labels(requery_logits)
+            targets, valid = pseudo.masks, pseudo.valid
             student_image = normalize_pixels(
                 batch["strong_image"], batch["content_mask"], pixel_norm
             )
@@ -133,8 +164,8 @@ def make_train_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -
             if resam:
                 stride = image_size // embedding.shape[1]
                 parts["ssa"], queues = reinforce(
-                    state.ssa_queues, weak_embedding, embedding, boxes, valid, stride,
-                    method.ssa_form, method.ssa_tau,
+                    state.ssa_queues, pseudo.weak_embedding, embedding, pseudo.boxes, valid,
+                    stride, method.ssa_form, method.ssa_tau,
                 )  # fmt: skip
                 parts["ssa_weight"] = ssa_weight(state.epoch, num_epochs, method.ssa_max_weight)
                 total = total + parts["ssa_weight"] * parts["ssa"]
@@ -156,15 +187,15 @@ def make_train_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -
         new_state = jax.tree.map(lambda old, new: jnp.where(skipped, old, new), state, updated)
         new_state = new_state.replace(step=state.step + 1)
 
-        metrics.update(parts)
-        metrics.update(
+        metrics = dict(
+            parts,
             loss=loss,
             skipped=skipped,
             valid_instances=num_valid,
             learning_rate=schedule(updates_applied(state.opt_state)),
         )
         if resam:
-            metrics["overlap_fraction"] = jnp.mean(metrics["overlap_fraction"])
+            metrics["overlap_fraction"] = jnp.mean(pseudo.overlap_fraction)
             metrics["pseudo_label_kept_fraction"] = num_valid / jnp.maximum(
                 jnp.sum(batch["instance_valid"]), 1
             )
