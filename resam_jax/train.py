@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -29,13 +28,11 @@ from resam_jax.data.builders import load_prepared
 from resam_jax.data.coco import DataError
 from resam_jax.data.prepare import prepare
 from resam_jax.data.synthetic import write_coco_dataset
-from resam_jax.evaluate import batch_prompts, decode_masks, make_eval_step
+from resam_jax.evaluate import batch_prompts, make_eval_step, predict_logits
 from resam_jax.metrics import ImageAveragedScores, binarize
 from resam_jax.model import CheckpointError, Sam, SamConfig, load_sam, normalize_pixels, sam_config
-from resam_jax.stages.refine import refine_masks
-from resam_jax.stages.requery import pseudo_labels, requery_prompts
 from resam_jax.train_state import TRAIN_MODES, create_train_state, split_model
-from resam_jax.train_step import make_train_step
+from resam_jax.train_step import make_train_step, teacher_pseudo_labels
 
 MODES = (*TRAIN_MODES, "direct")
 
@@ -110,7 +107,9 @@ def data_paths(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Path, 
     return data_dir, manual_dir
 
 
-def ensure_dataset(config: ml_collections.ConfigDict, data_dir: Path, manual_dir: Path | None) -> None:
+def ensure_dataset(
+    config: ml_collections.ConfigDict, data_dir: Path, manual_dir: Path | None
+) -> None:
     """Generates and prepares the synthetic dataset when configured; otherwise checks that the
     dataset is prepared and says how to prepare it if not."""
     data = config.data
@@ -124,7 +123,10 @@ def ensure_dataset(config: ml_collections.ConfigDict, data_dir: Path, manual_dir
                     image_size=160,
                     seed=config.seed,
                 )
-            splits = {data.train_split: "annotations/train.json", data.eval_split: "annotations/val.json"}
+            splits = {
+                data.train_split: "annotations/train.json",
+                data.eval_split: "annotations/val.json",
+            }
             summary = prepare(
                 data.dataset, config=data.dataset_config, data_dir=data_dir, manual_dir=manual_dir,
                 annotations=splits,
@@ -150,7 +152,9 @@ def ensure_dataset(config: ml_collections.ConfigDict, data_dir: Path, manual_dir
 def host_data_config(config: ml_collections.ConfigDict, data_dir: Path) -> pipeline.DataConfig:
     """This process's DataConfig: config.data less the run's own keys, with its share of the batch."""
     fields = {k: v for k, v in config.data.to_dict().items() if k not in RUN_DATA_KEYS}
-    fields.update(data_dir=str(data_dir), batch_size=parallel.per_host_batch_size(config.data.batch_size))
+    fields.update(
+        data_dir=str(data_dir), batch_size=parallel.per_host_batch_size(config.data.batch_size)
+    )
     try:
         return pipeline.DataConfig.from_mapping(fields)
     except ValueError as e:
@@ -181,20 +185,21 @@ def make_overlay_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict)
     pixel_norm, prompt = config.model.pixel_norm, config.eval.prompt
 
     def overlay_step(student_lora, teacher_lora, frozen, batch):
+        logits = predict_logits(
+            nnx.merge(graphdef, student_lora, frozen), batch, prompt, pixel_norm
+        )
         images = normalize_pixels(batch["weak_image"], batch["content_mask"], pixel_norm)
-        size = images.shape[1]
-        student = nnx.merge(graphdef, student_lora, frozen)
-        logits, _ = decode_masks(student, student.encode(images), size, **batch_prompts(batch, prompt))
-        teacher = nnx.merge(graphdef, teacher_lora, frozen)
-        embedding = teacher.encode(images)
-        refine_logits, _ = decode_masks(teacher, embedding, size, **batch_prompts(batch, "points"))
-        refined, _ = refine_masks(refine_logits, batch["instance_valid"], config.method.refine_threshold)
-        boxes, valid = requery_prompts(refined, batch["instance_valid"])
-        requery_logits, _ = decode_masks(teacher, embedding, size, boxes=boxes)
+        pseudo = teacher_pseudo_labels(
+            nnx.merge(graphdef, teacher_lora, frozen),
+            images,
+            batch_prompts(batch, "points"),
+            batch["instance_valid"],
+            config.method.refine_threshold,
+        )
         return {
             "prediction": binarize(logits, config.eval.threshold_on),
-            "pseudo_label": pseudo_labels(requery_logits),
-            "pseudo_valid": valid,
+            "pseudo_label": pseudo.masks,
+            "pseudo_valid": pseudo.valid,
         }
 
     return overlay_step
@@ -209,7 +214,9 @@ class Evaluator:
             make_eval_step(graphdef, config), in_shardings=(rep, rep, sharded), out_shardings=rep
         )
         self._overlay_step = jax.jit(
-            make_overlay_step(graphdef, config), in_shardings=(rep, rep, rep, sharded), out_shardings=rep
+            make_overlay_step(graphdef, config),
+            in_shardings=(rep, rep, rep, sharded),
+            out_shardings=rep,
         )
         self._dataset = pipeline.make_dataset(
             data_config, config.data.eval_split, train=False, seed=config.seed
@@ -260,7 +267,10 @@ class Evaluator:
 def _mean_metrics(history: list[Mapping[str, jax.Array]]) -> dict[str, float]:
     """Means over the steps since the last log line (one host sync per log line)."""
     fetched = jax.device_get(history)
-    return {name: float(np.mean([np.asarray(m[name], np.float64) for m in fetched])) for name in fetched[0]}
+    return {
+        name: float(np.mean([np.asarray(m[name], np.float64) for m in fetched]))
+        for name in fetched[0]
+    }
 
 
 def _log_evaluation(writer, rows, step: int, label: str, scores: Mapping[str, float]) -> None:
@@ -317,7 +327,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         pipeline.make_dataset(data_config, train_split, train=True, seed=config.seed)
     )
     state = parallel.replicate(create_train_state(lora, sam.prompt_embed_dim, config), mesh)
-    checkpoints = checkpointing.TrainCheckpoints(workdir / "checkpoints", config.train.keep_checkpoints)
+    checkpoints = checkpointing.TrainCheckpoints(
+        workdir / "checkpoints", config.train.keep_checkpoints
+    )
     if checkpoints.latest_step() is not None:
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
@@ -339,7 +351,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     if first_step == 0 and config.train.eval_before_training:
         # LoRA B is zero at step 0, so this is SAM as it is: the Direct SAM row.
-        _log_evaluation(writer, rows, 0, "Direct SAM (step 0)", evaluator.scores(state.lora, frozen))
+        _log_evaluation(
+            writer, rows, 0, "Direct SAM (step 0)", evaluator.scores(state.lora, frozen)
+        )
         evaluator.overlays(0, state.lora, teacher(state), frozen)
 
     logging.info(
@@ -375,7 +389,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if step < total_steps and preemption.should_stop(step):
             checkpoints.save(step, state, train_iterator)
             logging.warning(
-                "stopped at step %d by SIGTERM; checkpoint saved. Run the same command to resume.", step
+                "stopped at step %d by SIGTERM; checkpoint saved. Run the same command to resume.",
+                step,
             )
             preempted = True
             break
@@ -385,8 +400,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if not preempted:
         source = {"path": config.model.checkpoint or "random init", "resam_step": step}
         checkpointing.export_lora(workdir / "export" / "lora", state.lora)
-        checkpointing.export_merged_sam(workdir / "export" / "sam_merged", state.lora, frozen, sam, source)
-        logging.info("exported %s and %s", workdir / "export" / "lora", workdir / "export" / "sam_merged")
+        checkpointing.export_merged_sam(
+            workdir / "export" / "sam_merged", state.lora, frozen, sam, source
+        )
+        logging.info(
+            "exported %s and %s", workdir / "export" / "lora", workdir / "export" / "sam_merged"
+        )
     writer.close()
     if rows:
         logging.info("\n%s", reporting.evaluation_table(rows))
