@@ -53,15 +53,18 @@ def log(message: str) -> None:
           file=sys.stderr, flush=True)  # fmt: skip
 
 
-def timed_steps(step: Callable[[], None], repeats: int, warmup: int) -> list[float]:
+def timed_steps(step: Callable[[], None], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Wall and CPU seconds (all threads of this process) of each timed step. On a shared
+    machine the wall time grows with the load; the CPU time much less so."""
     for _ in range(warmup):
         step()
-    samples = []
+    samples = {"wall": [], "cpu": []}
     for i in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         step()
-        samples.append(time.perf_counter() - start)
-        log(f"step {i + 1}/{repeats}: {samples[-1]:.2f} s")
+        samples["wall"].append(time.perf_counter() - wall)
+        samples["cpu"].append(time.process_time() - cpu)
+        log(f"step {i + 1}/{repeats}: {samples['wall'][-1]:.2f} s, CPU {samples['cpu'][-1]:.2f} s")
     return samples
 
 
@@ -334,27 +337,38 @@ def run_side(args: argparse.Namespace) -> dict:
 
 
 def print_table(args: argparse.Namespace, results: list[dict]) -> None:
-    by_side = {r["side"]: r for r in results}
-    reference = by_side.get("torch")
+    reference = {r["side"]: r for r in results}.get("torch")
+
+    def median(result, clock):
+        return statistics.median(result["samples"][clock])
+
+    def ratio(result, clock):
+        return (
+            f"{median(reference, clock) / median(result, clock):9.2f}" if reference else f"{'-':>9}"
+        )
+
     print(
         f"\nReSAM train step, SAM {args.model_type}, {args.image_size}x{args.image_size}, batch 1, "
         f"{args.instances} instances x (1 positive + 1 negative point); median of {args.repeats} "
-        f"after {args.warmup} warm-up step(s); load average {os.getloadavg()[0]:.2f} "
-        f"on {os.cpu_count()} CPUs"
+        f"after {args.warmup} warm-up step(s); {os.cpu_count()} CPUs"
     )
     print(
-        f"{'implementation':<56} {'s/step':>8} {'compile s':>10} {'peak RSS GiB':>13} {'speed-up':>9}"
+        f"{'implementation':<56} {'s/step':>8} {'CPU s/step':>11} {'compile s':>10} "
+        f"{'peak RSS GiB':>13} {'speed-up':>9} {'CPU speed-up':>13}"
     )
     for r in results:
-        seconds = statistics.median(r["samples"])
         compile_s = f"{r['compile_s']:10.1f}" if r["compile_s"] is not None else f"{'-':>10}"
-        ratio = statistics.median(reference["samples"]) / seconds if reference else None
-        ratio = f"{ratio:9.2f}" if ratio else f"{'-':>9}"
-        print(f"{r['name']:<56} {seconds:8.2f} {compile_s} {r['peak_rss_gib']:13.2f} {ratio}")
+        print(
+            f"{r['name']:<56} {median(r, 'wall'):8.2f} {median(r, 'cpu'):11.2f} {compile_s} "
+            f"{r['peak_rss_gib']:13.2f} {ratio(r, 'wall')} {ratio(r, 'cpu'):>13}"
+        )
+    print("speed-up = PyTorch time / this time (> 1: faster than the public code's step)")
     for r in results:
-        samples = ", ".join(f"{s:.2f}" for s in r["samples"])
+        wall = ", ".join(f"{s:.1f}" for s in r["samples"]["wall"])
+        cpu = ", ".join(f"{s:.1f}" for s in r["samples"]["cpu"])
+        load = " -> ".join(f"{x:.2f}" for x in r["load_average"])
         notes = ", ".join(f"{k}={v:g}" for k, v in r["notes"].items())
-        print(f"  {r['side']}: steps [{samples}] s; {notes}")
+        print(f"  {r['side']}: wall [{wall}] s, CPU [{cpu}] s, load average {load}; {notes}")
 
 
 def main() -> None:
@@ -372,8 +386,13 @@ def main() -> None:
         args.image_size = sam_config(args.model_type).image_size
 
     if args.side != "both" and os.environ.get("_RESAM_BENCH_CHILD"):
+        load_before = os.getloadavg()[0]
         result = (run_jax if args.side == "jax" else run_torch)(args)
-        result.update(side=args.side, peak_rss_gib=peak_rss_gib())
+        result.update(
+            side=args.side,
+            peak_rss_gib=peak_rss_gib(),
+            load_average=(load_before, os.getloadavg()[0]),
+        )
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return
 
