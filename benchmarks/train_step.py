@@ -19,7 +19,10 @@ Python and drops empty ones), so the baseline does the same work per step whatev
 
 Both models carry random weights (speed does not depend on them). Each side runs in its own
 subprocess so that its peak resident memory (ru_maxrss, compilation included) is its own.
-Prints seconds per step, compile seconds, peak RSS and the speed-up torch / jax.
+Prints wall and CPU seconds per step (CPU time, summed over the process's threads, is the less
+load-sensitive of the two on a shared machine), compile seconds, peak RSS, the load average
+around each side, and the speed-up torch / jax. The PyTorch side is segment-anything's registry
+model, so --image-size other than the model's own runs with --side jax only.
 """
 
 from __future__ import annotations
