@@ -24,7 +24,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (mu
 flags.mark_flags_as_required(["config", "workdir"])
 
 NEXT_STEPS = """
-The demo used a tiny, randomly initialised SAM on synthetic images. To run the real benchmarks:
+The demo adapted a tiny SAM, pretrained on clean synthetic scenes (tools/pretrain_tiny_sam.py), to
+speckled low-contrast synthetic scenes with ReSAM. To run the real benchmarks with SAM ViT-B:
   1. SAM ViT-B weights: download https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth
      python -m weights_convert.convert_sam --checkpoint sam_vit_b_01ec64.pth --output weights/sam_vit_b
   2. NWPU VHR-10 (Images/ and Annotations/NWPU_instances_{train,val}.json) in data/NWPU:

@@ -123,6 +123,7 @@ def ensure_dataset(config: ml_collections.ConfigDict, data_dir: Path, manual_dir
                     num_val=max(4, data.synthetic_images // 4),
                     image_size=160,
                     seed=config.seed,
+                    style=data.synthetic_style,
                 )
             splits = {data.train_split: "annotations/train.json", data.eval_split: "annotations/val.json"}
             summary = prepare(
