@@ -32,6 +32,7 @@ WORKER = textwrap.dedent(
     config = demo.get_config()
     config.data.update(manual_dir=manual_dir, data_dir=data_dir, synthetic_images=8, image_size=64,
                        batch_size=int(batch_size))
+    config.model.checkpoint = ""  # random init: the packaged tiny SAM is for 128 inputs
     config.method.mode = "supervised"
     config.optim.warmup_steps = 0
     config.train.update(max_steps=2, eval_before_training=False, num_overlays=0, log_every_steps=1)

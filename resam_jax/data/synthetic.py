@@ -65,8 +65,8 @@ STYLES = {
         water_colour=(70, 85, 95),
         roof_colours=((180, 160, 140), (195, 190, 180), (145, 150, 160)),
         ship_brightness=(170, 210),
-        saturation=0.4,
-        contrast=0.8,
+        saturation=0.6,
+        contrast=1.0,
         speckle=0.15,
     ),
 }
