@@ -152,4 +152,4 @@ def test_demo_command_writes_every_output(tmp_path):
     assert (workdir / "export" / "lora").is_dir()
     assert (workdir / "export" / "sam_merged" / "sam_checkpoint.json").is_file()
     assert len(list((workdir / "overlays").glob("step_*/*.png"))) == 4
-    assert "RANDOMLY INITIALISED" in result.stderr
+    assert "RANDOMLY INITIALISED" not in result.stderr  # it starts from the packaged SAM

@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-images", type=int, default=800)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True
+    )
 
     with tempfile.TemporaryDirectory(prefix="pretrain_tiny_sam_") as tmp:
         root = Path(tmp)
@@ -159,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         model = Sam(config, rngs=nnx.Rngs(args.seed))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         warmup = min(100, args.steps // 10)
-        schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, warmup, args.steps, args.lr / 20)
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, args.lr, warmup, args.steps, args.lr / 20
+        )
         optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
         opt_state = optimizer.init(params)
         step_fn = make_pretrain_step(graphdef, optimizer)
@@ -184,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             for style, data_config in (("source", source), ("target", target))
         }
 
-    flat = {path: np.asarray(variable.get_value()) for path, variable in nnx.to_flat_state(nnx.state(model))}
+    flat = {
+        path: np.asarray(variable.get_value())
+        for path, variable in nnx.to_flat_state(nnx.state(model))
+    }
     save_sam_params(
         args.output,
         flat,
