@@ -1,10 +1,10 @@
 """Training checkpoints (orbax), preemption, and the exports written at the end of a run.
 
-    WORKDIR/checkpoints/<step>/state    the TrainState (LoRA, optimiser, teacher, SSA queues, ...)
-    WORKDIR/checkpoints/<step>/data     each host's input-pipeline position (grain)
-    WORKDIR/export/lora/                the trained LoRA parameters alone (orbax tree)
-    WORKDIR/export/sam_merged/          a plain SAM checkpoint with LoRA folded into qkv,
-                                        loadable by `python -m resam_jax.predict --checkpoint`
+WORKDIR/checkpoints/<step>/state    the TrainState (LoRA, optimiser, teacher, SSA queues, ...)
+WORKDIR/checkpoints/<step>/data     each host's input-pipeline position (grain)
+WORKDIR/export/lora/                the trained LoRA parameters alone (orbax tree)
+WORKDIR/export/sam_merged/          a plain SAM checkpoint with LoRA folded into qkv,
+                                    loadable by `python -m resam_jax.predict --checkpoint`
 """
 
 from __future__ import annotations

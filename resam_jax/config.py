@@ -14,6 +14,7 @@ field: the config is locked and an unknown key is an error.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import ml_collections
 
@@ -21,7 +22,11 @@ from resam_jax.data.pipeline import DataConfig
 from resam_jax.train_step import default_config
 
 # Keys of config.data that the run reads itself; the others are DataConfig fields.
-RUN_DATA_KEYS = ("manual_dir", "train_split", "eval_split", "synthetic_images")
+RUN_DATA_KEYS = ("manual_dir", "train_split", "eval_split", "synthetic_images", "synthetic_style")
+
+# The tiny SAM shipped with the package for the demo (tools/pretrain_tiny_sam.py made it),
+# found next to the code so the demo runs from any working directory.
+DEMO_SAM_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "sam_tiny_demo"
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.eval_split = "val"
     # > 0: generate a synthetic dataset of this many training images first (the demo).
     config.data.synthetic_images = 0
+    config.data.synthetic_style = "target"  # resam_jax.data.synthetic.STYLES
 
     config.model.update(
         model_type="vit_b",  # vit_b | vit_l | vit_h | tiny

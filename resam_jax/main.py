@@ -17,14 +17,19 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics, overlays and exports go here")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host)")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "checkpoints, metrics, overlays and exports go here"
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (multi-host)"
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 NEXT_STEPS = """
-The demo used a tiny, randomly initialised SAM on synthetic images. To run the real benchmarks:
+The demo adapted a tiny SAM, pretrained on clean synthetic scenes (tools/pretrain_tiny_sam.py), to
+speckled low-contrast synthetic scenes with ReSAM. To run the real benchmarks with SAM ViT-B:
   1. SAM ViT-B weights: download https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth
      python -m weights_convert.convert_sam --checkpoint sam_vit_b_01ec64.pth --output weights/sam_vit_b
   2. NWPU VHR-10 (Images/ and Annotations/NWPU_instances_{train,val}.json) in data/NWPU:

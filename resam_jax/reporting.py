@@ -84,7 +84,9 @@ class Progress:
         remaining = self._total_steps - step
         eta = str(datetime.timedelta(seconds=round(remaining / rate))) if rate > 0 else "?"
         parts = " ".join(
-            f"{name} {metrics[name]:.4f}" for name in ("focal", "dice", "iou", "ssa") if name in metrics
+            f"{name} {metrics[name]:.4f}"
+            for name in ("focal", "dice", "iou", "ssa")
+            if name in metrics
         )
         return (
             f"step {step}/{self._total_steps} epoch {epoch} | loss {metrics['loss']:.4f} ({parts})"
@@ -111,7 +113,9 @@ _COLOURS = np.array(
 )  # fmt: skip
 
 
-def _draw_instances(image: np.ndarray, masks: np.ndarray, valid: np.ndarray, title: str) -> Image.Image:
+def _draw_instances(
+    image: np.ndarray, masks: np.ndarray, valid: np.ndarray, title: str
+) -> Image.Image:
     canvas = image.astype(np.float32)
     for k in np.flatnonzero(valid):
         colour = _COLOURS[k % len(_COLOURS)].astype(np.float32)

@@ -122,6 +122,7 @@ def ensure_dataset(
                     num_val=max(4, data.synthetic_images // 4),
                     image_size=160,
                     seed=config.seed,
+                    style=data.synthetic_style,
                 )
             splits = {
                 data.train_split: "annotations/train.json",

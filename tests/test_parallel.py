@@ -32,6 +32,7 @@ WORKER = textwrap.dedent(
     config = demo.get_config()
     config.data.update(manual_dir=manual_dir, data_dir=data_dir, synthetic_images=8, image_size=64,
                        batch_size=int(batch_size))
+    config.model.checkpoint = ""  # random init: the packaged tiny SAM is for 128 inputs
     config.method.mode = "supervised"
     config.optim.warmup_steps = 0
     config.train.update(max_steps=2, eval_before_training=False, num_overlays=0, log_every_steps=1)
@@ -47,7 +48,13 @@ def synthetic_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     manual_dir = write_coco_dataset(root / "coco", num_train=8, num_val=4, image_size=160, seed=0)
     splits = {"train": "annotations/train.json", "val": "annotations/val.json"}
-    prepare("coco_instances", config="resam_demo", data_dir=root / "tfds", manual_dir=manual_dir, annotations=splits)
+    prepare(
+        "coco_instances",
+        config="resam_demo",
+        data_dir=root / "tfds",
+        manual_dir=manual_dir,
+        annotations=splits,
+    )
     return str(manual_dir), str(root / "tfds")
 
 
@@ -79,7 +86,9 @@ def test_one_device_and_eight_devices_train_the_same(tmp_path, synthetic_data):
     results = {}
     for devices in (1, 8):
         out = tmp_path / f"lora_{devices}.npz"
-        process = _start([*synthetic_data, tmp_path / f"run_{devices}", 8, out, "-", 0], devices, devices)
+        process = _start(
+            [*synthetic_data, tmp_path / f"run_{devices}", 8, out, "-", 0], devices, devices
+        )
         _finish(process, timeout=400)
         results[devices] = _leaves(out)
     assert any(np.abs(leaf).max() > 0 for leaf in results[1])
@@ -94,7 +103,8 @@ def test_two_processes_end_with_identical_parameters(tmp_path, synthetic_data):
     coordinator = f"127.0.0.1:{port}"
     outs = [tmp_path / f"lora_process_{i}.npz" for i in range(2)]
     processes = [
-        _start([*synthetic_data, tmp_path / "run", 2, outs[i], coordinator, i], 1, 2) for i in range(2)
+        _start([*synthetic_data, tmp_path / "run", 2, outs[i], coordinator, i], 1, 2)
+        for i in range(2)
     ]
     for process in processes:
         _finish(process, timeout=400)

@@ -22,7 +22,9 @@ def setup(tmp_path_factory):
     reference = build_reference(TINY, seed=41)
     root = tmp_path_factory.mktemp("predictor")
     torch.save(reference.state_dict(), root / "tiny.pth")
-    assert convert_main(["--checkpoint", str(root / "tiny.pth"), "--output", str(root / "ckpt")]) == 0
+    assert (
+        convert_main(["--checkpoint", str(root / "tiny.pth"), "--output", str(root / "ckpt")]) == 0
+    )
     image = np.random.default_rng(0).integers(0, 256, size=(150, 230, 3), dtype=np.uint8)
     return reference, root, image
 
@@ -32,7 +34,10 @@ def predictors(setup):
     from resam_jax.model import load_sam
 
     reference, root, image = setup
-    torch_predictor, jax_predictor = TorchPredictor(reference), SamPredictor(load_sam(root / "ckpt"))
+    torch_predictor, jax_predictor = (
+        TorchPredictor(reference),
+        SamPredictor(load_sam(root / "ckpt")),
+    )
     torch_predictor.set_image(image)
     jax_predictor.set_image(image)
     return torch_predictor, jax_predictor
@@ -68,10 +73,15 @@ def test_matches_reference(predictors, kwargs):
 
 def test_mask_input_refinement_matches_reference(predictors):
     torch_predictor, jax_predictor = predictors
-    first = torch_predictor.predict(point_coords=np.array([[40.0, 60.0]]), point_labels=np.array([1]))
+    first = torch_predictor.predict(
+        point_coords=np.array([[40.0, 60.0]]), point_labels=np.array([1])
+    )
     mask_input = first[2][np.argmax(first[1])][None]
     kwargs = dict(
-        point_coords=np.array([[40.0, 60.0]]), point_labels=np.array([1]), mask_input=mask_input, multimask_output=False
+        point_coords=np.array([[40.0, 60.0]]),
+        point_labels=np.array([1]),
+        mask_input=mask_input,
+        multimask_output=False,
     )
     assert_same_prediction(torch_predictor.predict(**kwargs), jax_predictor.predict(**kwargs))
 
@@ -95,7 +105,10 @@ def test_predict_before_set_image_is_an_error(setup):
 
 def run_predict(*args):
     result = subprocess.run(
-        [sys.executable, "-m", "resam_jax.predict", *map(str, args)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "resam_jax.predict", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     return result.returncode, result.stdout + result.stderr
 
@@ -110,7 +123,11 @@ def test_cli_writes_npz_and_overlay(setup, tmp_path):
     assert code == 0, output
     saved = np.load(tmp_path / "out.npz")
     assert saved["masks"].shape == (1, 150, 230) and saved["masks"].dtype == np.bool_
-    assert saved["iou_predictions"].dtype == np.float32 and saved["low_res_logits"].shape == (1, 64, 64)
+    assert saved["iou_predictions"].dtype == np.float32 and saved["low_res_logits"].shape == (
+        1,
+        64,
+        64,
+    )
     overlay = np.asarray(Image.open(tmp_path / "o.png"))
     assert overlay.shape == image.shape and not np.array_equal(overlay, image)
 
@@ -120,13 +137,27 @@ def test_cli_writes_npz_and_overlay(setup, tmp_path):
     [
         (["--image", "{tmp}/missing.png", "--point", "1,1,1"], "missing.png does not exist"),
         (["--image", "{tmp}/broken.png", "--point", "1,1,1"], "cannot decode image"),
-        (["--image", "{tmp}/in.png", "--point", "1,1"], "--point must be 3 comma-separated numbers"),
+        (
+            ["--image", "{tmp}/in.png", "--point", "1,1"],
+            "--point must be 3 comma-separated numbers",
+        ),
         (["--image", "{tmp}/in.png", "--point", "1,1,2"], "label must be 1 (object) or 0"),
         (["--image", "{tmp}/in.png", "--box", "9,9,1,1"], "X0<=X1"),
         (["--image", "{tmp}/in.png"], "at least one --point or a --box"),
-        (["--image", "{tmp}/in.png", "--point", "1,1,1", "--checkpoint", "{tmp}"], "is not a converted SAM checkpoint"),
+        (
+            ["--image", "{tmp}/in.png", "--point", "1,1,1", "--checkpoint", "{tmp}"],
+            "is not a converted SAM checkpoint",
+        ),
     ],
-    ids=["missing-image", "corrupt-image", "short-point", "bad-label", "inverted-box", "no-prompt", "no-checkpoint"],
+    ids=[
+        "missing-image",
+        "corrupt-image",
+        "short-point",
+        "bad-label",
+        "inverted-box",
+        "no-prompt",
+        "no-checkpoint",
+    ],
 )
 def test_cli_errors_are_clear(setup, tmp_path, args, message):
     _, root, image = setup
