@@ -47,7 +47,8 @@ def predict_logits(model: Sam, batch: Batch, prompt: str, pixel_norm: str) -> ja
 def make_eval_step(
     graphdef: nnx.GraphDef, config: ml_collections.ConfigDict
 ) -> Callable[[nnx.State, nnx.State, Batch], dict[str, jax.Array]]:
-    """A jitted `(lora, frozen, batch) -> {"counts": int32 [B, N, 4], "instance_valid": [B, N]}`.
+    """A jitted `(lora, frozen, batch) -> {"counts": int32 [B, N, 4], "instance_valid": [B, N],
+    "image_id": [B]}` (the image ids let the host join the samples of one image).
 
     `lora` is whichever LoRA set to evaluate: the student's (TrainState.lora), or the initial
     one (B = 0) for Direct SAM. Reads config.eval.{prompt, threshold_on} and
@@ -63,6 +64,10 @@ def make_eval_step(
         model = nnx.merge(graphdef, lora, frozen)
         predicted = binarize(predict_logits(model, batch, prompt, pixel_norm), threshold_on)
         counts = confusion_counts(predicted, batch["masks"], batch["instance_valid"])
-        return {"counts": counts, "instance_valid": batch["instance_valid"]}
+        return {
+            "counts": counts,
+            "instance_valid": batch["instance_valid"],
+            "image_id": batch["image_id"],
+        }
 
     return jax.jit(eval_step)

@@ -104,20 +104,37 @@ def image_scores(
 
 
 class ImageAveragedScores:
-    """Host-side accumulator: scores averaged over all images seen."""
+    """Host-side accumulator: per-image scores averaged over the images seen.
+
+    An image with more instances than a sample holds arrives as several samples sharing its
+    image_id; its instances are gathered and the image is scored once. image_id < 0 marks the
+    empty samples that pad the last evaluation batch.
+    """
 
     def __init__(self, reduction: Reduction):
         self.reduction = reduction
-        self._sums = dict.fromkeys(SCORE_NAMES, 0.0)
-        self.num_images = 0
+        self._instances: dict[int, list[np.ndarray]] = {}
 
-    def update(self, counts: np.ndarray, valid: np.ndarray) -> None:
-        scores, has_instances = image_scores(counts, valid, self.reduction)
-        for name in SCORE_NAMES:
-            self._sums[name] += float(scores[name][has_instances].sum())
-        self.num_images += int(has_instances.sum())
+    def update(self, counts: np.ndarray, valid: np.ndarray, image_ids: np.ndarray) -> None:
+        """counts [B, N, 4], valid bool [B, N], image_ids int [B] of one evaluation batch."""
+        valid = np.asarray(valid, bool)
+        for image_id, sample_counts, sample_valid in zip(
+            np.asarray(image_ids), np.asarray(counts), valid, strict=True
+        ):
+            if image_id >= 0 and sample_valid.any():
+                self._instances.setdefault(int(image_id), []).append(sample_counts[sample_valid])
+
+    @property
+    def num_images(self) -> int:
+        return len(self._instances)
 
     def result(self) -> dict[str, float]:
-        if self.num_images == 0:
+        if not self._instances:
             raise ValueError("no image with a valid instance was evaluated")
-        return {name: total / self.num_images for name, total in self._sums.items()}
+        totals = dict.fromkeys(SCORE_NAMES, 0.0)
+        for chunks in self._instances.values():
+            instances = np.concatenate(chunks)[None]  # one image: [1, n, 4]
+            scores, _ = image_scores(instances, np.ones(instances.shape[:2], bool), self.reduction)
+            for name in SCORE_NAMES:
+                totals[name] += float(scores[name][0])
+        return {name: total / self.num_images for name, total in totals.items()}

@@ -235,7 +235,7 @@ class Evaluator:
         scores = ImageAveragedScores(self._reduction)
         for _, batch in self._batches():
             out = self._eval_step(lora, frozen, batch)
-            scores.update(np.asarray(out["counts"]), np.asarray(out["instance_valid"]))
+            scores.update(out["counts"], out["instance_valid"], out["image_id"])
         return {**scores.result(), "images": scores.num_images}
 
     def overlays(self, step: int, student_lora, teacher_lora, frozen) -> None:

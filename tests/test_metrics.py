@@ -90,13 +90,34 @@ def test_accumulator_averages_over_images_with_instances(batch):
         )
     )
     accumulator = ImageAveragedScores("image_micro")
-    accumulator.update(counts[:2], valid[:2])
-    accumulator.update(counts[2:], valid[2:])
+    image_ids = np.arange(len(counts))
+    accumulator.update(counts[:2], valid[:2], image_ids[:2])
+    accumulator.update(counts[2:], valid[2:], image_ids[2:])
     scores, _ = image_scores(counts, valid, "image_micro")
     result = accumulator.result()
     assert accumulator.num_images == 3
     for name in ("iou", "f1", "precision", "recall"):
         np.testing.assert_allclose(result[name], scores[name][:3].mean())
+
+
+@pytest.mark.parametrize("reduction", ["image_micro", "instance_mean"])
+def test_samples_of_one_image_are_scored_as_one_image(batch, reduction):
+    """An image split into chunks of instances is scored once over all its instances, and
+    padding samples (image_id -1) are ignored."""
+    logits, gt, valid = batch
+    counts = np.asarray(
+        confusion_counts(
+            binarize(jnp.asarray(logits), "logits"), jnp.asarray(gt), jnp.asarray(valid)
+        )
+    )
+    whole = np.concatenate([counts[0][valid[0]], counts[1][valid[1]]])[None]
+    expected, _ = image_scores(whole, np.ones(whole.shape[:2], bool), reduction)
+    accumulator = ImageAveragedScores(reduction)
+    accumulator.update(counts[:2], valid[:2], np.array([7, 7]))
+    accumulator.update(counts[2:3], valid[2:3], np.array([-1]))
+    assert accumulator.num_images == 1
+    for name, value in accumulator.result().items():
+        np.testing.assert_allclose(value, expected[name][0])
 
 
 def test_empty_accumulator_is_an_error():
