@@ -174,3 +174,35 @@ def test_demo_command_writes_every_output(tmp_path):
     assert (workdir / "export" / "sam_merged" / "sam_checkpoint.json").is_file()
     assert len(list((workdir / "overlays").glob("step_*/*.png"))) == 4
     assert "RANDOMLY INITIALISED" not in result.stderr  # it starts from the packaged SAM
+
+
+@pytest.mark.slow
+def test_nwpu_config_trains_on_the_real_benchmark(nwpu_dir, tmp_path):
+    """configs/nwpu.py on the real NWPU VHR-10, with the packaged tiny SAM in place of ViT-B:
+    prepare, Direct evaluation of all 130 val images, a few ReSAM steps, export."""
+    from resam_jax.config import DEMO_SAM_CHECKPOINT
+
+    data_dir = tmp_path / "tfds"
+    summary = prepare("nwpu_vhr10", data_dir=data_dir, manual_dir=nwpu_dir)
+    assert summary["splits"]["val"]["images"] == 130
+    config = load_config(
+        "nwpu",
+        "--config.model.model_type=tiny",
+        f"--config.model.checkpoint={DEMO_SAM_CHECKPOINT}",
+        "--config.model.lora_start_layer=0",
+        "--config.data.image_size=128",
+        f"--config.data.data_dir={data_dir}",
+        f"--config.data.manual_dir={nwpu_dir}",
+        "--config.train.max_steps=4",
+        "--config.train.num_overlays=1",
+    )
+    result = train.train_and_evaluate(config, tmp_path / "run")
+    assert result["steps"] == 4
+    (direct_label, direct), (_, final) = result["evaluations"]
+    assert direct_label.startswith("Direct SAM") and direct["images"] == final["images"] == 130
+    assert 0 < direct["iou"] < 1
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert any(r["kind"] == "train" and r["skipped"] < 1 for r in records)
+    assert (tmp_path / "run" / "export" / "sam_merged" / "sam_checkpoint.json").is_file()
