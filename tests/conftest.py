@@ -25,3 +25,23 @@ def nwpu_dir() -> Path:
     if not (path / "Annotations").is_dir():
         pytest.skip(f"real NWPU VHR-10 not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    """A small demo-style dataset (8 train, 4 val images), generated and prepared once per
+    session for the run tests: (manual_dir, data_dir)."""
+    from resam_jax.data.prepare import prepare
+    from resam_jax.data.synthetic import write_coco_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    manual_dir = write_coco_dataset(root / "coco", num_train=8, num_val=4, image_size=160, seed=0)
+    splits = {"train": "annotations/train.json", "val": "annotations/val.json"}
+    prepare(
+        "coco_instances",
+        config="resam_demo",
+        data_dir=root / "tfds",
+        manual_dir=manual_dir,
+        annotations=splits,
+    )
+    return manual_dir, root / "tfds"

@@ -13,7 +13,6 @@ from ml_collections import config_flags
 
 from resam_jax import train
 from resam_jax.data.prepare import prepare
-from resam_jax.data.synthetic import write_coco_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("nwpu", "whu", "hrsid", "demo")
@@ -45,22 +44,6 @@ def compilation_cache(tmp_path_factory):
     yield cache
     jax.config.update("jax_compilation_cache_dir", previous[0])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
-
-
-@pytest.fixture(scope="module")
-def synthetic_data(tmp_path_factory):
-    """The demo's dataset, generated and prepared once: (manual_dir, data_dir)."""
-    root = tmp_path_factory.mktemp("synthetic")
-    manual_dir = write_coco_dataset(root / "coco", num_train=8, num_val=4, image_size=160, seed=0)
-    splits = {"train": "annotations/train.json", "val": "annotations/val.json"}
-    prepare(
-        "coco_instances",
-        config="resam_demo",
-        data_dir=root / "tfds",
-        manual_dir=manual_dir,
-        annotations=splits,
-    )
-    return manual_dir, root / "tfds"
 
 
 def small_config(synthetic_data, **train_overrides):

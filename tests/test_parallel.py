@@ -10,9 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resam_jax.data.prepare import prepare
-from resam_jax.data.synthetic import write_coco_dataset
-
 REPO = Path(__file__).resolve().parents[1]
 
 # Trains 2 supervised steps of the tiny demo model and saves the final LoRA leaves.
@@ -41,21 +38,6 @@ WORKER = textwrap.dedent(
     np.savez(out, *[np.asarray(x) for x in jax.tree.leaves(result["lora"])])
     """
 )
-
-
-@pytest.fixture(scope="module")
-def synthetic_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    manual_dir = write_coco_dataset(root / "coco", num_train=8, num_val=4, image_size=160, seed=0)
-    splits = {"train": "annotations/train.json", "val": "annotations/val.json"}
-    prepare(
-        "coco_instances",
-        config="resam_demo",
-        data_dir=root / "tfds",
-        manual_dir=manual_dir,
-        annotations=splits,
-    )
-    return str(manual_dir), str(root / "tfds")
 
 
 def _start(args, local_devices: int, global_devices: int):
