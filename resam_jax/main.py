@@ -61,5 +61,24 @@ def main(argv):
         print(NEXT_STEPS)
 
 
+def _innermost_message(error: BaseException) -> str:
+    """ml_collections wraps a KeyError's message in an AttributeError; unwrap it for people."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    return str(error.args[0] if error.args else error)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a one-line error (no traceback) for a bad --config override."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}\nPass --helpfull to see the flags.", file=sys.stderr)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
+        print(f"error: bad config override ({overrides}): {_innermost_message(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

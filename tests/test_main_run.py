@@ -81,6 +81,22 @@ def test_override_changes_a_field_and_unknown_key_is_rejected():
         load_config("nwpu", "--config.train.no_such_field=1")
 
 
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.train.num_epoch=3", 'Did you mean "num_epochs"'),
+        ("--config.train.num_epochs=abc", "invalid literal for int()"),
+    ],
+)
+def test_cli_reports_a_bad_override_without_traceback(override, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "resam_jax.main", "--config=configs/demo.py", "--workdir=/nonexistent", override],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and message in result.stderr, result.stderr
+
+
 def test_missing_dataset_and_checkpoint_name_the_fix(tmp_path, synthetic_data):
     config = load_config("nwpu", f"--config.data.data_dir={tmp_path / 'tfds'}")
     with pytest.raises(
