@@ -89,6 +89,12 @@ def build_model(config: ml_collections.ConfigDict) -> Sam:
         model = load_sam(directory, **lora)
     except CheckpointError as e:
         raise RunError(str(e)) from None
+    if model.config.model_type != model_config.model_type:
+        raise RunError(
+            f"{directory} holds SAM {model.config.model_type}, but config.model.model_type="
+            f"{model_config.model_type!r}; point config.model.checkpoint at a converted "
+            f"{model_config.model_type} or set --config.model.model_type={model.config.model_type}"
+        )
     if model.config.image_size != image_size:
         raise RunError(
             f"{directory} is a SAM for {model.config.image_size}x{model.config.image_size} inputs but "

@@ -121,6 +121,18 @@ def _train_records(workdir: Path):
     return [r for r in map(json.loads, lines) if r["kind"] == "train"]
 
 
+def test_checkpoint_of_another_model_type_is_refused(tmp_path, synthetic_data):
+    from resam_jax.config import DEMO_SAM_CHECKPOINT
+
+    config = small_config(synthetic_data)
+    config.model.model_type = "vit_b"
+    config.model.checkpoint = str(DEMO_SAM_CHECKPOINT)
+    with pytest.raises(
+        train.RunError, match=r"holds SAM tiny, but config.model.model_type='vit_b'"
+    ):
+        train.train_and_evaluate(config, tmp_path / "run")
+
+
 def test_resumed_run_matches_uninterrupted_run(tmp_path, synthetic_data):
     # 8 training images, global batch 2: 4 steps per epoch; stop after 3, resume to 6.
     steps = dict(num_epochs=2, log_every_steps=1, checkpoint_every_steps=3)
