@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-MASK_COLOURS = ((30, 144, 255), (255, 160, 30), (60, 200, 90))
+from resam_jax.visualize import draw_point, tint_instances
 
 
 class PredictError(Exception):
@@ -69,17 +69,11 @@ def load_image(path: Path) -> np.ndarray:
 
 def draw_overlay(image: np.ndarray, masks: np.ndarray, points, box) -> Image.Image:
     """The image with each mask tinted, positive points green, negative red, the box outlined."""
-    canvas = image.astype(np.float32)
-    for mask, colour in zip(masks, MASK_COLOURS * len(masks)):
-        canvas[mask] = 0.5 * canvas[mask] + 0.5 * np.asarray(colour, np.float32)
-    overlay = Image.fromarray(canvas.astype(np.uint8))
+    overlay = Image.fromarray(tint_instances(image, masks, range(len(masks))))
     draw = ImageDraw.Draw(overlay)
     radius = max(3, round(max(image.shape[:2]) / 150))
     for x, y, label in points:
-        fill = (0, 220, 0) if label == 1 else (230, 0, 0)
-        draw.ellipse(
-            (x - radius, y - radius, x + radius, y + radius), fill=fill, outline=(255, 255, 255)
-        )
+        draw_point(draw, x, y, label, radius)
     if box is not None:
         draw.rectangle(box, outline=(255, 230, 0), width=max(2, radius // 2))
     return overlay

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from resam_jax.metrics import SCORE_NAMES
+from resam_jax.visualize import tint_instances
 
 
 class _LibraryInfoFilter(logging.Filter):
@@ -106,21 +107,10 @@ def evaluation_table(rows: Sequence[tuple[str, Mapping[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-_COLOURS = np.array(
-    [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-     (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)],
-    np.uint8,
-)  # fmt: skip
-
-
 def _draw_instances(
     image: np.ndarray, masks: np.ndarray, valid: np.ndarray, title: str
 ) -> Image.Image:
-    canvas = image.astype(np.float32)
-    for k in np.flatnonzero(valid):
-        colour = _COLOURS[k % len(_COLOURS)].astype(np.float32)
-        canvas[masks[k]] = 0.45 * canvas[masks[k]] + 0.55 * colour
-    panel = Image.fromarray(canvas.astype(np.uint8))
+    panel = Image.fromarray(tint_instances(image, masks, np.flatnonzero(valid)))
     ImageDraw.Draw(panel).text((3, 2), title, fill=(255, 255, 255))
     return panel
 

@@ -7,6 +7,7 @@ import PIL.Image
 import pytest
 from data_fixtures import nwpu_release
 
+from resam_jax import visualize
 from resam_jax.data import show
 from resam_jax.data.pipeline import DataConfig, make_dataset
 from resam_jax.data.prepare import prepare
@@ -46,7 +47,7 @@ def test_grid_shows_weak_and_strong_views_with_prompts(tmp_path, capsys):
     sample = {k: v[0] for k, v in batch.items()}
     for xy, label in zip(sample["points"][0], sample["point_labels"][0], strict=True):
         x, y = ((xy + 0.5) * 2).astype(int)  # 64 -> 128 panel
-        colour = show.POSITIVE if label == 1 else show.NEGATIVE
+        colour = visualize.POSITIVE if label == 1 else visualize.NEGATIVE
         np.testing.assert_array_equal(grid[y, x], colour)
         np.testing.assert_array_equal(grid[y, x + 128], colour)  # strong view, same geometry
 

@@ -17,53 +17,30 @@ import PIL.ImageDraw
 
 from resam_jax.data.coco import DataError
 from resam_jax.data.pipeline import DataConfig, make_dataset
+from resam_jax.visualize import draw_point, instance_colour, tint_instances
 
-POSITIVE = (0, 255, 0)
-NEGATIVE = (255, 0, 0)
 PADDING = (40, 40, 40)
-
-
-def _instance_colour(i: int) -> tuple[int, int, int]:
-    # Golden-ratio hue steps keep neighbouring instances apart.
-    hue = (i * 0.618033988749895) % 1.0
-    return tuple(int(255 * c) for c in _hsv_to_rgb(hue, 0.9, 1.0))
-
-
-def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
-    i, f = int(h * 6) % 6, h * 6 - int(h * 6)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
 
 
 def render_view(
     image: np.ndarray, sample: Mapping[str, np.ndarray], panel_size: int, title: str
 ) -> PIL.Image.Image:
     """One view with overlays, scaled to panel_size x panel_size."""
-    canvas = image.astype(np.float32)
-    canvas[~sample["content_mask"]] = PADDING
+    image = np.where(sample["content_mask"][..., None], image, np.uint8(PADDING))
     valid = np.flatnonzero(sample["instance_valid"])
-    for i in valid:
-        colour = np.float32(_instance_colour(i))
-        mask = sample["masks"][i]
-        canvas[mask] = 0.5 * canvas[mask] + 0.5 * colour
+    canvas = tint_instances(image, sample["masks"], valid)
     size = image.shape[0]
-    picture = PIL.Image.fromarray(canvas.astype(np.uint8)).resize(
-        (panel_size, panel_size), PIL.Image.BILINEAR
-    )
+    picture = PIL.Image.fromarray(canvas).resize((panel_size, panel_size), PIL.Image.BILINEAR)
     draw = PIL.ImageDraw.Draw(picture)
     scale = panel_size / size
     radius = max(2, panel_size // 128)
     for i in valid:
-        draw.rectangle((sample["boxes"][i] * scale).tolist(), outline=_instance_colour(i), width=2)
+        draw.rectangle((sample["boxes"][i] * scale).tolist(), outline=instance_colour(i), width=2)
         for (x, y), label in zip(sample["points"][i], sample["point_labels"][i], strict=True):
             if label < 0:
                 continue
             # +0.5: points are pixel indices, drawn at the pixel centre.
-            cx, cy = (x + 0.5) * scale, (y + 0.5) * scale
-            fill = POSITIVE if label == 1 else NEGATIVE
-            draw.ellipse(
-                (cx - radius, cy - radius, cx + radius, cy + radius), fill=fill, outline=(0, 0, 0)
-            )
+            draw_point(draw, (x + 0.5) * scale, (y + 0.5) * scale, label, radius)
     draw.text((4, 4), title, fill=(255, 255, 255))
     return picture
 
