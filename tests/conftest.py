@@ -9,6 +9,7 @@ import pytest
 jax.config.update("jax_default_matmul_precision", "float32")
 sys.path.insert(0, str(Path(__file__).parent))
 
+
 @pytest.fixture(scope="session")
 def nwpu_dir() -> Path:
     """The real NWPU VHR-10 benchmark, beside the repository (never copied into it)."""
