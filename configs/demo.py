@@ -32,6 +32,8 @@ def get_config():
     config.data.max_instances = 8
     config.data.batch_size = 4
     config.model.model_type = "tiny"
+    config.model.pixel_norm = "sam"  # tools/pretrain_tiny_sam.py trained it on SAM's normalisation
+    config.eval.prompt_seeds = 1
     config.model.checkpoint = str(DEMO_SAM_CHECKPOINT)
     config.model.lora_start_layer = 0
     config.optim.lr = 1e-3

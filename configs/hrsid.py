@@ -1,10 +1,21 @@
-r"""ReSAM on HRSID inshore (SAR) with SAM ViT-B (METHOD.md: LoRA from block 1, milestones 1500/2000, 5 epochs).
+r"""ReSAM on HRSID inshore (SAR) with SAM ViT-B (docs/method.md section 4: LoRA from block 1, milestones 1500/2000, 5 epochs).
 
     python -m resam_jax.main --config configs/hrsid.py --workdir runs/hrsid
 
 Needs weights/sam_vit_b (python -m weights_convert.convert_sam --checkpoint sam_vit_b_01ec64.pth
 --output weights/sam_vit_b) and the prepared dataset (python -m resam_jax.data.prepare
 --dataset hrsid --config inshore --manual-dir data/HRSID --data-dir ~/tensorflow_datasets).
+
+Protocol: the published one by default (docs/method.md sections 3-5 and 9): per-instance IoU/F1
+averaged within each image then over images (eval.reduction="per_instance"), logits
+thresholded at 0.5, [0,1] pixel input (model.pixel_norm="unit"), 1 positive + 1 negative point
+per instance with negatives over the whole padded frame (data.negative_points="frame"),
+photometric augmentations before the resize (data.strong_before_resize=True), IoU-head target on
+logits >= 0.5 (method.iou_target_on="logits"), the public loss watcher (method.outlier_rule=
+"public"); evaluation repeated over eval.prompt_seeds=3 point draws (mean and std). The public
+code's three bugs stay fixed (SSA with gradient, slot-aligned Requery, one weak encoding); its SSA
+never trained anything: --config.method.ssa_max_weight=0 gives the gradients it trained with.
+Other rows: --config.method.mode=supervised | direct.
 """
 
 from resam_jax.config import base_config
@@ -13,10 +24,10 @@ from resam_jax.config import base_config
 def get_config():
     config = base_config()
     config.data.dataset = "hrsid"
-    config.data.dataset_config = "inshore"
+    config.data.dataset_config = "inshore"  # the published HRSID rows are inshore
     config.data.manual_dir = "data/HRSID"
-    config.data.eval_split = "test"
-    config.model.lora_start_layer = 1
-    config.optim.milestones = (1500, 2000)
-    config.train.num_epochs = 5
+    config.data.eval_split = "test"  # inshore_test.json
+    config.model.lora_start_layer = 1  # public config_hrsid
+    config.optim.milestones = (1500, 2000)  # public config_hrsid
+    config.train.num_epochs = 5  # public config_hrsid
     return config

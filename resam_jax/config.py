@@ -30,7 +30,8 @@ DEMO_SAM_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "sam_tiny_dem
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Defaults shared by all configs: ReSAM on SAM ViT-B at 1024 (METHOD.md)."""
+    """Defaults shared by all configs: ReSAM on SAM ViT-B at 1024 under the published protocol
+    (docs/method.md sections 3-5; the switches are listed in section 9)."""
     config = default_config()
     config.seed = 1337
 

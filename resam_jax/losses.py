@@ -7,6 +7,8 @@ one value per instance [...]; `masked_mean` averages them over the valid instanc
 import jax
 import jax.numpy as jnp
 
+from resam_jax.metrics import ThresholdOn, binarize
+
 # torch.nn.functional.binary_cross_entropy clamps its log terms at -100.
 _BCE_LOG_FLOOR = -100.0
 # Epsilon of the public code's calc_iou.
@@ -33,18 +35,24 @@ def dice_loss(logits: jax.Array, targets: jax.Array, smooth: float = 1.0) -> jax
     return 1.0 - (2.0 * intersection + smooth) / (total + smooth)
 
 
-def mask_iou(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """IoU of (sigmoid(logits) >= 0.5) against the targets; the IoU head's regression target."""
-    predicted = logits >= 0
+def mask_iou(logits: jax.Array, targets: jax.Array, threshold_on: ThresholdOn) -> jax.Array:
+    """IoU of the predicted mask against the targets; the IoU head's regression target.
+
+    The public code's calc_iou thresholds the LOGITS at 0.5 (threshold_on="logits", i.e.
+    sigmoid >= 0.62); "probs" thresholds sigmoid(logits) at 0.5.
+    """
+    predicted = binarize(logits, threshold_on)
     targets = targets.astype(bool)
     intersection = jnp.sum(predicted & targets, axis=(-2, -1), dtype=jnp.float32)
     union = jnp.sum(predicted | targets, axis=(-2, -1), dtype=jnp.float32)
     return intersection / (union + _IOU_EPS)
 
 
-def iou_regression_loss(iou_predictions: jax.Array, logits: jax.Array, targets: jax.Array):
+def iou_regression_loss(
+    iou_predictions: jax.Array, logits: jax.Array, targets: jax.Array, threshold_on: ThresholdOn
+) -> jax.Array:
     """Squared error between the IoU head and the actual IoU of the predicted mask."""
-    actual = jax.lax.stop_gradient(mask_iou(logits, targets))
+    actual = jax.lax.stop_gradient(mask_iou(logits, targets, threshold_on))
     return (iou_predictions.astype(jnp.float32) - actual) ** 2
 
 
@@ -62,6 +70,7 @@ def segmentation_losses(
     valid: jax.Array,
     focal_alpha: float,
     focal_gamma: float,
+    iou_target_on: ThresholdOn,
 ) -> dict[str, jax.Array]:
     """Focal, dice and IoU-regression losses averaged over the valid instances.
 
@@ -70,9 +79,12 @@ def segmentation_losses(
         iou_predictions: student IoU head [B, N].
         targets: bool [B, N, H, W] pseudo-labels (or GT masks in supervised mode).
         valid: bool [B, N].
+        iou_target_on: how the IoU head's target binarises the logits (see mask_iou).
     """
     return {
         "focal": masked_mean(focal_loss(logits, targets, focal_alpha, focal_gamma), valid),
         "dice": masked_mean(dice_loss(logits, targets), valid),
-        "iou": masked_mean(iou_regression_loss(iou_predictions, logits, targets), valid),
+        "iou": masked_mean(
+            iou_regression_loss(iou_predictions, logits, targets, iou_target_on), valid
+        ),
     }

@@ -3,12 +3,13 @@
 The device computes tp/fp/fn/tn per (image, instance) at the padded S x S resolution; the host
 turns them into per-image IoU, F1, precision and recall and averages over images.
 
-Two per-image reductions exist because the public code and its stated metric differ:
-    "image_micro"    smp's "micro-imagewise" as documented: sum the counts over the image's
-                     instances, then score (METHOD.md section 5).
-    "instance_mean"  what the public code actually computes: it hands smp an [N, H, W] stack,
-                     which smp reads as N "images" of H "classes", so every instance is scored
-                     on its own and the scores are averaged over the image's instances.
+Two per-image reductions (docs/method.md section 5):
+    "per_instance"   what every published number uses (the default): the public code hands smp
+                     `get_stats(mode="binary")` + "micro-imagewise" an [N, H, W] stack, which smp
+                     reads as N "images" of H "classes", so every instance is scored on its own
+                     and the scores are averaged over the image's instances.
+    "pooled"         the counts of all the image's instances are summed first, then scored (what
+                     "micro-imagewise" means for one [H, W] image; weights large objects more).
 Division by zero scores 1, as smp's score functions do by default.
 """
 
@@ -19,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 ThresholdOn = Literal["logits", "probs"]
-Reduction = Literal["image_micro", "instance_mean"]
+Reduction = Literal["per_instance", "pooled"]
+REDUCTIONS = ("per_instance", "pooled")
 
 # smp.metrics.get_stats(..., threshold=0.5) keeps values >= 0.5.
 _THRESHOLD = 0.5
@@ -80,7 +82,7 @@ def image_scores(
     Args:
         counts: [B, N, 4] from confusion_counts.
         valid: bool [B, N].
-        reduction: "image_micro" or "instance_mean" (module docstring).
+        reduction: "per_instance" or "pooled" (module docstring).
 
     Returns:
         (scores {name: float64 [B]}, has_instances bool [B]); images without a valid instance
@@ -89,16 +91,16 @@ def image_scores(
     counts = np.asarray(counts)
     valid = np.asarray(valid, bool)
     num_valid = valid.sum(axis=1)
-    if reduction == "image_micro":
+    if reduction == "pooled":
         scores = scores_from_counts((counts * valid[..., None]).sum(axis=1))
-    elif reduction == "instance_mean":
+    elif reduction == "per_instance":
         scores = {
             name: (value * valid).sum(axis=1) / np.maximum(num_valid, 1)
             for name, value in scores_from_counts(counts).items()
         }
     else:
         raise ValueError(
-            f"unknown reduction {reduction!r}; expected 'image_micro' or 'instance_mean'"
+            f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}"
         )
     return scores, num_valid > 0
 

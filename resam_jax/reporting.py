@@ -96,14 +96,25 @@ class Progress:
 
 
 def evaluation_table(rows: Sequence[tuple[str, Mapping[str, float]]]) -> str:
-    """Rows (label, {iou, f1, precision, recall, images}) as an aligned text table, in percent."""
-    header = f"{'evaluation':<28}{'images':>8}" + "".join(f"{name:>11}" for name in SCORE_NAMES)
+    """Rows (label, {iou, f1, ..., images} and optionally {iou_std, ..., prompt_seeds}) as an
+    aligned text table in percent; "mean ± std" over prompt draws where there were several."""
+    draws = max(int(scores.get("prompt_seeds", 1)) for _, scores in rows)
+    width = 16 if draws > 1 else 11
+
+    def cell(scores, name):
+        if draws > 1:
+            return f"{100 * scores[name]:.2f} ± {100 * scores.get(name + '_std', 0.0):.2f}"
+        return f"{100 * scores[name]:.2f}"
+
+    header = f"{'evaluation':<32}{'images':>8}" + "".join(f"{n:>{width}}" for n in SCORE_NAMES)
     lines = [header, "-" * len(header)]
     for label, scores in rows:
         lines.append(
-            f"{label:<28}{int(scores['images']):>8}"
-            + "".join(f"{100 * scores[name]:>11.2f}" for name in SCORE_NAMES)
+            f"{label:<32}{int(scores['images']):>8}"
+            + "".join(f"{cell(scores, name):>{width}}" for name in SCORE_NAMES)
         )
+    if draws > 1:
+        lines.append(f"(mean ± standard deviation over {draws} prompt draws)")
     return "\n".join(lines)
 
 

@@ -29,7 +29,7 @@ from resam_jax.data.coco import DataError
 from resam_jax.data.prepare import prepare
 from resam_jax.data.synthetic import write_coco_dataset
 from resam_jax.evaluate import batch_prompts, make_eval_step, predict_logits
-from resam_jax.metrics import ImageAveragedScores, binarize
+from resam_jax.metrics import SCORE_NAMES, ImageAveragedScores, binarize
 from resam_jax.model import CheckpointError, Sam, SamConfig, load_sam, normalize_pixels, sam_config
 from resam_jax.train_state import TRAIN_MODES, create_train_state, split_model
 from resam_jax.train_step import make_train_step, teacher_pseudo_labels
@@ -213,7 +213,14 @@ def make_overlay_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict)
 
 
 class Evaluator:
-    """Scores a LoRA set on the evaluation split and draws a few overlays."""
+    """Scores a LoRA set on the evaluation split and draws a few overlays.
+
+    Point prompts are random draws: the published numbers come from one draw that no other
+    implementation can replay, so every evaluation is repeated over config.eval.prompt_seeds
+    draws (seeds config.seed, config.seed + 1, ...) and reports the mean and the standard
+    deviation over them (`<score>_std`, 0 for a single draw). Box prompts do not depend on the
+    seed and are scored once.
+    """
 
     def __init__(self, graphdef, config, data_config, mesh, workdir: Path):
         rep, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -225,24 +232,40 @@ class Evaluator:
             in_shardings=(rep, rep, rep, sharded),
             out_shardings=rep,
         )
-        self._dataset = pipeline.make_dataset(
-            data_config, config.data.eval_split, train=False, seed=config.seed
-        )
+        num_draws = config.eval.prompt_seeds if config.eval.prompt == "points" else 1
+        if num_draws < 1:
+            raise RunError(f"config.eval.prompt_seeds={config.eval.prompt_seeds}; expected >= 1")
+        self._datasets = [
+            pipeline.make_dataset(
+                data_config, config.data.eval_split, train=False, seed=config.seed + draw
+            )
+            for draw in range(num_draws)
+        ]
         self._mesh = mesh
         self._reduction = config.eval.reduction
         self._num_overlays = config.train.num_overlays
         self._workdir = workdir
 
-    def _batches(self) -> Iterable[tuple[dict[str, np.ndarray], dict[str, jax.Array]]]:
-        for local in self._dataset:
+    def _batches(self, draw: int = 0) -> Iterable[tuple[dict[str, np.ndarray], dict[str, jax.Array]]]:
+        for local in self._datasets[draw]:
             yield local, parallel.global_batch(local, self._mesh)
 
     def scores(self, lora, frozen) -> dict[str, float]:
-        scores = ImageAveragedScores(self._reduction)
-        for _, batch in self._batches():
-            out = self._eval_step(lora, frozen, batch)
-            scores.update(out["counts"], out["instance_valid"], out["image_id"])
-        return {**scores.result(), "images": scores.num_images}
+        """{score: mean over prompt draws, score_std: their standard deviation (ddof 1),
+        "images", "prompt_seeds"}."""
+        draws = []
+        for draw in range(len(self._datasets)):
+            scores = ImageAveragedScores(self._reduction)
+            for _, batch in self._batches(draw):
+                out = self._eval_step(lora, frozen, batch)
+                scores.update(out["counts"], out["instance_valid"], out["image_id"])
+            draws.append(scores.result())
+        summary: dict[str, float] = {}
+        for name in SCORE_NAMES:
+            values = np.array([d[name] for d in draws])
+            summary[name] = float(values.mean())
+            summary[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        return {**summary, "images": scores.num_images, "prompt_seeds": len(draws)}
 
     def overlays(self, step: int, student_lora, teacher_lora, frozen) -> None:
         """PNGs of the first `num_overlays` evaluation images of process 0 (its rows come first
@@ -284,7 +307,9 @@ def _log_evaluation(writer, rows, step: int, label: str, scores: Mapping[str, fl
     rows.append((label, scores))
     writer.write(step, "eval", scores)
     logging.info(
-        "eval %s: %s", label, " ".join(f"{k} {v:.4f}" for k, v in scores.items() if k != "images")
+        "eval %s: %s",
+        label,
+        " ".join(f"{k} {v:.4f}" for k, v in scores.items() if k not in ("images", "prompt_seeds")),
     )
 
 

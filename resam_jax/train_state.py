@@ -22,9 +22,22 @@ from resam_jax.stages.reinforce import FeatureQueues
 TRAIN_MODES = ("resam", "supervised")
 
 
+OUTLIER_RULES = ("public", "accepted")
+
+
 @flax.struct.dataclass
 class LossWindow:
-    """The last `capacity` accepted losses as a ring buffer, for the outlier rule."""
+    """The last `capacity` losses as a ring buffer, for the outlier rule (docs/method.md 4.5).
+
+    Two rules decide which losses enter the window:
+        "public"    the public code's LossWatcher(50, 4): every finite loss is appended BEFORE
+                    the test, so the mean includes the current loss and the window moves on
+                    after a rejection (a lasting rise is accepted once it fills the window).
+        "accepted"  only accepted losses enter, the current one excluded from the mean; after
+                    a lasting rise every later step can be rejected (lock-in).
+    Either way the ratio test starts once the window is full, and a non-finite loss is an
+    outlier that never enters.
+    """
 
     values: jax.Array  # float32 [W]
     next_slot: jax.Array  # int32 []
@@ -40,22 +53,28 @@ class LossWindow:
     def capacity(self) -> int:
         return self.values.shape[0]
 
-    def is_outlier(self, loss: jax.Array, factor: float) -> jax.Array:
-        """Non-finite, or above factor x the window mean once the window is full.
-
-        Like the public code's LossWatcher, the ratio test only starts once `capacity` losses
-        have been seen; unlike it, only accepted losses enter the window (METHOD.md 4.5).
-        """
-        full = self.size == self.capacity
-        too_large = full & (loss > factor * jnp.mean(self.values))
-        return ~jnp.isfinite(loss) | too_large
-
     def push(self, loss: jax.Array) -> LossWindow:
         return LossWindow(
             values=self.values.at[self.next_slot].set(loss.astype(jnp.float32)),
             next_slot=(self.next_slot + 1) % self.capacity,
             size=jnp.minimum(self.size + 1, self.capacity),
         )
+
+    def _too_large(self, loss: jax.Array, factor: float) -> jax.Array:
+        return (self.size == self.capacity) & (loss > factor * jnp.mean(self.values))
+
+    def check(self, loss: jax.Array, factor: float, rule: str) -> tuple[jax.Array, LossWindow]:
+        """(is_outlier, window): `window` is the window after this loss under `rule`, to keep
+        if the step is accepted ("accepted") or whenever the loss was observed ("public")."""
+        finite = jnp.isfinite(loss)
+        if rule == "public":
+            observed = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old), self.push(loss), self
+            )
+            return ~finite | observed._too_large(loss, factor), observed
+        if rule == "accepted":
+            return ~finite | self._too_large(loss, factor), self.push(loss)
+        raise ValueError(f"unknown outlier rule {rule!r}; expected one of {OUTLIER_RULES}")
 
 
 @flax.struct.dataclass

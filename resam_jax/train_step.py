@@ -10,9 +10,10 @@ the strong view and decodes with the original points; the loss is
 over the instances that survive Requery. Mode "supervised": the student learns the GT masks on
 the weak view with the same losses, without teacher or SSA. Mode "direct" does not train.
 
-A step whose loss is not finite, exceeds outlier_factor x the mean of the last accepted losses,
-or has no valid instance is skipped inside the jitted function: parameters, optimiser state,
-teacher, queues and loss window stay as they were; only `step` advances.
+A step whose loss is not finite, exceeds outlier_factor x the mean of the loss window
+(train_state.LossWindow, method.outlier_rule), or has no valid instance is skipped inside the
+jitted function: parameters, optimiser state, teacher and queues stay as they were; only `step`
+advances, and the loss window as its rule says.
 """
 
 from __future__ import annotations
@@ -58,18 +59,22 @@ def default_config() -> ml_collections.ConfigDict:
             ssa_max_weight=4.0,  # beta(e) = ssa_max_weight / (1 + exp(-(e - (E + 1) / 2)))
             outlier_factor=4.0,
             outlier_window=50,
+            outlier_rule="public",  # "public" (LossWatcher) | "accepted"; train_state.LossWindow
+            iou_target_on="logits",  # IoU-head target: logits >= 0.5 (public) | "probs"
         )
     )
     config.optim = ml_collections.ConfigDict(
         dict(lr=5e-4, weight_decay=1e-4, warmup_steps=250, milestones=(2000, 4000), decay=0.1)
     )
     config.train = ml_collections.ConfigDict(dict(num_epochs=10))
-    config.model = ml_collections.ConfigDict(dict(pixel_norm="sam"))  # "sam" | "unit"
+    # [0, 1] RGB, no mean/std (what the public code feeds SAM) | "sam" (SAM's normalisation)
+    config.model = ml_collections.ConfigDict(dict(pixel_norm="unit"))
     config.eval = ml_collections.ConfigDict(
         dict(
             prompt="points",  # "points" | "boxes"
             threshold_on="logits",  # "logits" (public code) | "probs"
-            reduction="image_micro",  # "image_micro" (METHOD.md) | "instance_mean" (public code)
+            reduction="per_instance",  # "per_instance" (published numbers) | "pooled"
+            prompt_seeds=3,  # evaluations over this many point draws: mean and std
         )
     )
     return config
@@ -153,8 +158,9 @@ def make_train_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -
             embedding = student.encode(student_image)
             logits, iou_predictions = decode_masks(student, embedding, image_size, **point_prompts)
             parts = segmentation_losses(
-                logits, iou_predictions, targets, valid, method.focal_alpha, method.focal_gamma
-            )
+                logits, iou_predictions, targets, valid, method.focal_alpha, method.focal_gamma,
+                method.iou_target_on,
+            )  # fmt: skip
             total = (
                 method.focal_weight * parts["focal"]
                 + method.dice_weight * parts["dice"]
@@ -173,7 +179,10 @@ def make_train_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -
 
         (loss, (parts, queues)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.lora)
         num_valid = jnp.sum(valid, dtype=jnp.int32)
-        skipped = state.loss_window.is_outlier(loss, method.outlier_factor) | (num_valid == 0)
+        outlier, loss_window = state.loss_window.check(
+            loss, method.outlier_factor, method.outlier_rule
+        )
+        skipped = outlier | (num_valid == 0)
 
         updates, opt_state = optimizer.update(grads, state.opt_state, state.lora)
         lora = optax.apply_updates(state.lora, updates)
@@ -182,9 +191,16 @@ def make_train_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -
             opt_state=opt_state,
             teacher_lora=ema_update(state.teacher_lora, lora, method.ema_rate) if resam else None,
             ssa_queues=jax.lax.stop_gradient(queues),
-            loss_window=state.loss_window.push(loss),
+            loss_window=loss_window,
         )
         new_state = jax.tree.map(lambda old, new: jnp.where(skipped, old, new), state, updated)
+        if method.outlier_rule == "public":
+            # The public LossWatcher sees every loss of a step that had pseudo-labels, the
+            # rejected ones too (a step without any is skipped before the watcher).
+            loss_window = jax.tree.map(
+                lambda old, new: jnp.where(num_valid > 0, new, old), state.loss_window, loss_window
+            )
+            new_state = new_state.replace(loss_window=loss_window)
         new_state = new_state.replace(step=state.step + 1)
 
         metrics = dict(

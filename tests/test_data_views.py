@@ -8,6 +8,7 @@ import pytest
 from data_fixtures import polygon
 from pycocotools import mask as mask_utils
 
+from resam_jax.data import photometric
 from resam_jax.data.views import (
     ViewConfig,
     make_sample,
@@ -15,6 +16,7 @@ from resam_jax.data.views import (
     pad_offset,
     paste_masks,
     resize_rle_masks,
+    sample_flip,
     stack_samples,
 )
 from resam_jax.transforms import preprocess_shape, resize_image
@@ -165,8 +167,9 @@ def test_flips_move_image_masks_boxes_and_points_together(pad):
     image = _image(height, width)
     rles, boxes = _instances(height, width)
     config = ViewConfig(
-        image_size=size, pad=pad, max_instances=6, num_points=3, strong_probability=0.0
-    )
+        image_size=size, pad=pad, max_instances=6, num_points=3, strong_probability=0.0,
+        negative_points="content",
+    )  # fmt: skip
     plain = _make(image, rles, boxes, 0, config=config, rng=np.random.default_rng(0), augment=False)
     top, left = plain["pad_offset"]
     newh, neww = plain["resized_size"]
@@ -208,14 +211,17 @@ def test_flips_move_image_masks_boxes_and_points_together(pad):
     assert seen == {(False, False), (True, False), (False, True), (True, True)}
 
 
-def _assert_points_follow_masks(sample, num_points):
+def _assert_points_follow_masks(sample, num_points, negatives_in_content=True):
     for i in np.flatnonzero(sample["instance_valid"]):
         xy = sample["points"][i].astype(int)
         labels = sample["point_labels"][i]
         np.testing.assert_array_equal(labels, [1] * num_points + [0] * num_points)
         inside_mask = sample["masks"][i][xy[:, 1], xy[:, 0]]
         assert inside_mask[:num_points].all() and not inside_mask[num_points:].any()
-        assert sample["content_mask"][xy[:, 1], xy[:, 0]].all()
+        in_content = sample["content_mask"][xy[:, 1], xy[:, 0]]
+        assert in_content[:num_points].all()
+        if negatives_in_content:
+            assert in_content[num_points:].all()
         # Every mask pixel lies in its box (boxes come from the annotation, masks from the polygon).
         ys, xs = np.nonzero(sample["masks"][i])
         x0, y0, x1, y1 = sample["boxes"][i]
@@ -230,7 +236,10 @@ def _assert_points_follow_masks(sample, num_points):
 def test_points_lie_in_their_masks_in_both_views_with_strong_augmentations():
     height, width = 90, 60
     rles, boxes = _instances(height, width)
-    config = ViewConfig(image_size=80, max_instances=5, num_points=2, strong_probability=1.0)
+    config = ViewConfig(
+        image_size=80, max_instances=5, num_points=2, strong_probability=1.0,
+        negative_points="content",
+    )  # fmt: skip
     for seed in range(5):
         sample = _make(
             _image(height, width, seed),
@@ -293,18 +302,78 @@ def test_padded_instance_slots_and_static_shapes():
         )
 
 
-def test_a_mask_covering_the_whole_image_gets_padding_labels_for_its_negatives():
+@pytest.mark.parametrize(("negative_points", "labels"), [("content", -1), ("frame", 0)])
+def test_a_mask_covering_the_whole_image_has_negatives_only_in_the_padding(
+    negative_points, labels
+):
     full = np.ones((20, 30), np.uint8, order="F")
     sample = _make(
         _image(20, 30),
         [mask_utils.encode(full)["counts"]],
         np.float32([[0, 0, 30, 20]]),
         1,
-        config=ViewConfig(image_size=32, max_instances=1, num_points=2),
+        config=ViewConfig(
+            image_size=32, max_instances=1, num_points=2, negative_points=negative_points
+        ),
         rng=np.random.default_rng(0),
         augment=False,
     )
-    np.testing.assert_array_equal(sample["point_labels"][0], [1, 1, -1, -1])
+    np.testing.assert_array_equal(sample["point_labels"][0], [1, 1, labels, labels])
+    if negative_points == "frame":  # the only outside pixels are the padding
+        xy = sample["points"][0, 2:].astype(int)
+        assert not sample["content_mask"][xy[:, 1], xy[:, 0]].any()
+
+
+@pytest.mark.parametrize("pad", ["center", "bottom_right"])
+def test_frame_negatives_fall_in_the_padding_as_often_as_its_share_of_the_frame(pad):
+    """The public code draws negatives over the whole padded frame: with a 60x90 image in a
+    100x100 frame, a third of the frame is padding, and about a third of the negatives."""
+    height, width = 60, 90
+    rles, boxes = _instances(height, width)
+    config = ViewConfig(
+        image_size=100, pad=pad, max_instances=4, num_points=3, negative_points="frame"
+    )
+    in_padding, total = 0, 0
+    for seed in range(60):
+        sample = _make(
+            _image(height, width), rles, boxes, 0, config=config,
+            rng=np.random.default_rng(seed), augment=True,
+        )  # fmt: skip
+        _assert_points_follow_masks(sample, config.num_points, negatives_in_content=False)
+        negatives = sample["points"][:4, 3:].reshape(-1, 2).astype(int)
+        in_padding += int((~sample["content_mask"][negatives[:, 1], negatives[:, 0]]).sum())
+        total += len(negatives)
+    share = 1 - sample["content_mask"].mean()  # 0.33 of the frame
+    outside_masks = 1 - sample["masks"][:4].mean(axis=(1, 2)).mean()
+    assert abs(in_padding / total - share / outside_masks) < 0.05, (in_padding / total, share)
+
+
+def test_strong_view_is_augmented_at_the_original_resolution_before_the_resize():
+    """Public order: flip, photometric augmentations on the original image, then resize."""
+    height, width = 90, 130
+    image = _image(height, width, 3)
+    rles, boxes = _instances(height, width)
+    resized = preprocess_shape(height, width, 64)
+    for before in (True, False):
+        config = ViewConfig(
+            image_size=64, max_instances=4, strong_probability=1.0, flip_probability=1.0,
+            strong_before_resize=before, pad="bottom_right",
+        )  # fmt: skip
+        sample = _make(
+            image, rles, boxes, 0, config=config, rng=np.random.default_rng(7), augment=True
+        )
+        rng = np.random.default_rng(7)
+        horizontal, vertical = sample_flip(rng, 1.0)
+        flip = (slice(None, None, -1 if vertical else 1), slice(None, None, -1 if horizontal else 1))
+        weak = np.ascontiguousarray(resize_image(image, resized)[flip])
+        content = sample["weak_image"][: resized[0], : resized[1]]
+        np.testing.assert_array_equal(content, weak)
+        if before:
+            original = np.ascontiguousarray(image[flip])
+            expected = resize_image(photometric.strong_augment(original, rng, 1.0), resized)
+        else:
+            expected = photometric.strong_augment(weak, rng, 1.0)
+        np.testing.assert_array_equal(sample["strong_image"][: resized[0], : resized[1]], expected)
 
 
 def test_evaluation_samples_depend_only_on_the_seed():

@@ -31,8 +31,9 @@ def _torch_dice(logits, targets, smooth=1.0):
     return 1 - (2.0 * intersection + smooth) / (probs.sum() + targets.sum() + smooth)
 
 
-def _torch_iou_of_sigmoid(logits, targets):
-    predicted = (torch.sigmoid(logits) >= 0.5).float()
+def _torch_calc_iou(masks, targets):
+    """The public code's calc_iou: it thresholds whatever it is given at 0.5 (it is given logits)."""
+    predicted = (masks >= 0.5).float()
     intersection = (predicted * targets).sum()
     union = predicted.sum() + targets.sum() - intersection
     return intersection / (union + 1e-7)
@@ -51,13 +52,24 @@ def test_focal_dice_iou_match_torch_per_instance(instances):
     logits, targets = instances
     focal = focal_loss(jnp.asarray(logits), jnp.asarray(targets), alpha=0.8, gamma=2.0)
     dice = dice_loss(jnp.asarray(logits), jnp.asarray(targets))
-    iou = mask_iou(jnp.asarray(logits), jnp.asarray(targets))
+    iou_logits = mask_iou(jnp.asarray(logits), jnp.asarray(targets), "logits")
+    iou_probs = mask_iou(jnp.asarray(logits), jnp.asarray(targets), "probs")
     for k in range(len(logits)):
         tl = torch.from_numpy(logits[k].astype(np.float64))
         tt = torch.from_numpy(targets[k].astype(np.float64))
         np.testing.assert_allclose(focal[k], _torch_focal(tl, tt).item(), rtol=1e-5)
         np.testing.assert_allclose(dice[k], _torch_dice(tl, tt).item(), rtol=1e-5)
-        np.testing.assert_allclose(iou[k], _torch_iou_of_sigmoid(tl, tt).item(), rtol=1e-6)
+        np.testing.assert_allclose(iou_logits[k], _torch_calc_iou(tl, tt).item(), rtol=1e-6)
+        want_probs = _torch_calc_iou(torch.sigmoid(tl), tt).item()
+        np.testing.assert_allclose(iou_probs[k], want_probs, rtol=1e-6)
+
+
+def test_iou_target_on_logits_differs_from_probs_between_the_two_thresholds():
+    # A pixel with logit 0.3 is foreground for sigmoid >= 0.5 but not for logit >= 0.5.
+    logits = jnp.asarray([[0.3, 0.3], [2.0, -3.0]])
+    targets = jnp.asarray([[True, True], [True, False]])
+    np.testing.assert_allclose(mask_iou(logits, targets, "logits"), 1 / 3, rtol=1e-6)
+    np.testing.assert_allclose(mask_iou(logits, targets, "probs"), 1.0, rtol=1e-6)
 
 
 def test_saturated_pixels_are_bounded_by_the_bce_log_floor_like_torch():
@@ -92,10 +104,10 @@ def test_focal_and_dice_gradients_match_torch(instances):
 def test_iou_regression_targets_the_actual_iou_without_gradient_into_the_masks(instances):
     logits, targets = instances
     predictions = jnp.asarray([0.2, 0.9, 0.5])
-    loss = iou_regression_loss(predictions, jnp.asarray(logits), jnp.asarray(targets))
-    actual = mask_iou(jnp.asarray(logits), jnp.asarray(targets))
+    loss = iou_regression_loss(predictions, jnp.asarray(logits), jnp.asarray(targets), "logits")
+    actual = mask_iou(jnp.asarray(logits), jnp.asarray(targets), "logits")
     np.testing.assert_allclose(loss, (predictions - actual) ** 2, rtol=1e-6)
-    mask_grad = jax.grad(lambda x: iou_regression_loss(predictions, x, jnp.asarray(targets)).sum())(
+    mask_grad = jax.grad(lambda x: iou_regression_loss(predictions, x, jnp.asarray(targets), "logits").sum())(
         jnp.asarray(logits)
     )
     assert float(jnp.abs(mask_grad).max()) == 0.0
@@ -115,8 +127,9 @@ def test_segmentation_losses_average_over_valid_instances_only(instances):
     iou_predictions = jnp.asarray([[0.1, 0.7, 0.3]])
     valid = jnp.asarray([[True, False, True]])
     losses = segmentation_losses(
-        batch_logits, iou_predictions, batch_targets, valid, focal_alpha=0.8, focal_gamma=2.0
-    )
+        batch_logits, iou_predictions, batch_targets, valid, focal_alpha=0.8, focal_gamma=2.0,
+        iou_target_on="logits",
+    )  # fmt: skip
     kept = np.array([0, 2])
     np.testing.assert_allclose(
         losses["focal"],
@@ -128,6 +141,6 @@ def test_segmentation_losses_average_over_valid_instances_only(instances):
     )
     np.testing.assert_allclose(
         losses["iou"],
-        iou_regression_loss(iou_predictions, batch_logits, batch_targets)[0, kept].mean(),
+        iou_regression_loss(iou_predictions, batch_logits, batch_targets, "logits")[0, kept].mean(),
         rtol=1e-6,
     )

@@ -65,14 +65,77 @@ def small_config(synthetic_data, **train_overrides):
     return config
 
 
-@pytest.mark.parametrize("name", CONFIGS)
-def test_configs_load_with_method_fields(name):
+# What each benchmark config must hold: the public code's per-dataset settings
+# (docs/method.md sections 4 and 6) ...
+BENCHMARKS = {
+    "nwpu": dict(dataset="nwpu_vhr10", dataset_config="default", eval_split="val",
+                 lora_start_layer=6, milestones=(2000, 4000), num_epochs=10),
+    "whu": dict(dataset="whu_building", dataset_config="default", eval_split="val",
+                lora_start_layer=1, milestones=(8000, 15000), num_epochs=10),
+    "hrsid": dict(dataset="hrsid", dataset_config="inshore", eval_split="test",
+                  lora_start_layer=1, milestones=(1500, 2000), num_epochs=5),
+}  # fmt: skip
+# ... and the published protocol (docs/method.md section 9), the same for all three.
+PUBLISHED_PROTOCOL = {
+    "eval.reduction": "per_instance",
+    "eval.threshold_on": "logits",
+    "eval.prompt": "points",
+    "eval.prompt_seeds": 3,
+    "model.pixel_norm": "unit",
+    "model.model_type": "vit_b",
+    "model.lora_rank": 4,
+    "data.image_size": 1024,
+    "data.pad": "center",
+    "data.num_points": 1,
+    "data.max_instances": 50,
+    "data.batch_size": 1,
+    "data.negative_points": "frame",
+    "data.strong_before_resize": True,
+    "method.mode": "resam",
+    "method.iou_target_on": "logits",
+    "method.outlier_rule": "public",
+    "method.outlier_window": 50,
+    "method.outlier_factor": 4.0,
+    "method.refine_threshold": 0.3,
+    "method.ema_rate": 0.0,
+    "method.focal_weight": 20.0,
+    "method.dice_weight": 1.0,
+    "method.iou_weight": 1.0,
+    "method.ssa_form": "matched",
+    "method.ssa_queue_size": 32,
+    "method.ssa_max_weight": 4.0,
+    "optim.lr": 5e-4,
+    "optim.weight_decay": 1e-4,
+    "optim.warmup_steps": 250,
+    "optim.decay": 0.1,
+    "seed": 1337,
+}
+
+
+def _field(config, dotted):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_benchmark_configs_hold_the_public_settings_and_the_published_protocol(name):
     config = load_config(name)
+    expected = BENCHMARKS[name]
+    assert (config.data.dataset, config.data.dataset_config, config.data.eval_split) == (
+        expected["dataset"], expected["dataset_config"], expected["eval_split"]
+    )  # fmt: skip
+    assert config.model.lora_start_layer == expected["lora_start_layer"]
+    assert tuple(config.optim.milestones) == expected["milestones"]
+    assert config.train.num_epochs == expected["num_epochs"]
+    for field, value in PUBLISHED_PROTOCOL.items():
+        assert _field(config, field) == value, field
+
+
+def test_demo_config_loads():
+    config = load_config("demo")
     assert config.method.mode in train.MODES
-    assert config.data.dataset and config.data.eval_split
-    if name != "demo":
-        assert config.data.image_size == 1024 and config.model.model_type == "vit_b"
-        assert config.train.num_epochs in (5, 10) and len(config.optim.milestones) == 2
+    assert config.eval.prompt_seeds == 1 and config.eval.reduction == "per_instance"
 
 
 def test_override_changes_a_field_and_unknown_key_is_rejected():

@@ -20,7 +20,7 @@ def _numpy_scores(tp, fp, fn):
     }
 
 
-def _numpy_image_micro(pred, gt):
+def _numpy_pooled(pred, gt):
     """smp micro-imagewise with the image's instances as one image: sum counts, then score."""
     tp = int(np.sum(pred & gt))
     fp = int(np.sum(pred & ~gt))
@@ -28,9 +28,9 @@ def _numpy_image_micro(pred, gt):
     return _numpy_scores(tp, fp, fn)
 
 
-def _numpy_instance_mean(pred, gt):
+def _numpy_per_instance(pred, gt):
     """What smp computes when handed an [N, H, W] stack: each instance scored, then averaged."""
-    per_instance = [_numpy_image_micro(p[None], g[None]) for p, g in zip(pred, gt, strict=True)]
+    per_instance = [_numpy_pooled(p[None], g[None]) for p, g in zip(pred, gt, strict=True)]
     return {name: np.mean([s[name] for s in per_instance]) for name in per_instance[0]}
 
 
@@ -49,7 +49,7 @@ def batch():
 
 
 @pytest.mark.parametrize("threshold_on", ["logits", "probs"])
-@pytest.mark.parametrize("reduction", ["image_micro", "instance_mean"])
+@pytest.mark.parametrize("reduction", ["pooled", "per_instance"])
 def test_scores_match_numpy_definitions(batch, threshold_on, reduction):
     logits, gt, valid = batch
     predicted = binarize(jnp.asarray(logits), threshold_on)
@@ -59,7 +59,7 @@ def test_scores_match_numpy_definitions(batch, threshold_on, reduction):
 
     threshold = 0.5 if threshold_on == "logits" else 0.0  # sigmoid(x) >= 0.5 <=> x >= 0
     pred = logits >= threshold
-    reference = _numpy_image_micro if reduction == "image_micro" else _numpy_instance_mean
+    reference = _numpy_pooled if reduction == "pooled" else _numpy_per_instance
     for b in range(3):
         want = reference(pred[b][valid[b]], gt[b][valid[b]])
         for name, value in want.items():
@@ -89,18 +89,18 @@ def test_accumulator_averages_over_images_with_instances(batch):
             binarize(jnp.asarray(logits), "logits"), jnp.asarray(gt), jnp.asarray(valid)
         )
     )
-    accumulator = ImageAveragedScores("image_micro")
+    accumulator = ImageAveragedScores("pooled")
     image_ids = np.arange(len(counts))
     accumulator.update(counts[:2], valid[:2], image_ids[:2])
     accumulator.update(counts[2:], valid[2:], image_ids[2:])
-    scores, _ = image_scores(counts, valid, "image_micro")
+    scores, _ = image_scores(counts, valid, "pooled")
     result = accumulator.result()
     assert accumulator.num_images == 3
     for name in ("iou", "f1", "precision", "recall"):
         np.testing.assert_allclose(result[name], scores[name][:3].mean())
 
 
-@pytest.mark.parametrize("reduction", ["image_micro", "instance_mean"])
+@pytest.mark.parametrize("reduction", ["pooled", "per_instance"])
 def test_samples_of_one_image_are_scored_as_one_image(batch, reduction):
     """An image split into chunks of instances is scored once over all its instances, and
     padding samples (image_id -1) are ignored."""
@@ -122,7 +122,7 @@ def test_samples_of_one_image_are_scored_as_one_image(batch, reduction):
 
 def test_empty_accumulator_is_an_error():
     with pytest.raises(ValueError, match="no image"):
-        ImageAveragedScores("image_micro").result()
+        ImageAveragedScores("pooled").result()
 
 
 @pytest.mark.parametrize("prompt", ["points", "boxes"])

@@ -163,21 +163,30 @@ def test_queues_fill_with_valid_instances(resam):
     assert int(state.ssa_queues.size) == min(int(metrics["valid_instances"]), 4)
 
 
-def _skip_leaves_everything_but_step(step, frozen, state, batch):
+def _skip_leaves_everything_but_step(step, frozen, state, batch, window_moves=False):
+    """A skipped step changes `step` only (and the loss window, where its rule says so)."""
     before = _copy(state)
     state, metrics = step(state, frozen, batch)
     assert bool(metrics["skipped"])
     assert int(state.step) == int(before.step) + 1
-    _assert_trees_equal(state.replace(step=before.step), before)
+    window = before.loss_window
+    if window_moves:
+        window = window.push(jnp.float32(metrics["loss"]))
+    _assert_trees_equal(state.replace(step=before.step), before.replace(loss_window=window))
 
 
-def test_outlier_step_is_skipped_inside_jit(resam):
-    _, frozen, fresh_state, step = resam
-    state = fresh_state()
+@pytest.mark.parametrize("rule", ["public", "accepted"])
+def test_outlier_step_is_skipped_inside_jit(rule):
+    graphdef, lora, frozen = split_model(make_model())
+    config = make_config(outlier_rule=rule, outlier_window=4)
+    state = create_train_state(lora, 32, config)
     window = state.loss_window
     for _ in range(window.capacity):  # a full window of tiny losses makes any real loss an outlier
         window = window.push(jnp.float32(1e-6))
-    _skip_leaves_everything_but_step(step, frozen, state.replace(loss_window=window), make_batch(0))
+    step = make_train_step(graphdef, config)
+    state = state.replace(loss_window=window)
+    # The public rule keeps the rejected loss in its window; the other leaves the window as it was.
+    _skip_leaves_everything_but_step(step, frozen, state, make_batch(0), rule == "public")
 
 
 def test_step_without_valid_instances_is_skipped(resam):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 import torch
 
 from resam_jax.optim import learning_rate_schedule, make_optimizer, updates_applied
@@ -81,16 +82,64 @@ def test_ema_rate_zero_copies_the_student_and_otherwise_mixes():
     np.testing.assert_allclose(ema_update(teacher, student, 0.75)["w"], [1.5, 3.0])
 
 
-def test_loss_window_flags_non_finite_always_and_large_losses_once_full():
+class PublicLossWatcher:
+    """The rule of the public code's LossWatcher(window, factor), in plain Python: every finite
+    loss is appended before the test, the test starts once `window` losses were seen, and the
+    mean is over the last `window` of them, the current one included."""
+
+    def __init__(self, window: int, factor: float):
+        self.window, self.factor, self.losses = window, factor, []
+
+    def is_outlier(self, loss: float) -> bool:
+        if not np.isfinite(loss):
+            return True
+        self.losses.append(loss)
+        if len(self.losses) < self.window:
+            return False
+        return loss > self.factor * np.mean(self.losses[-self.window :])
+
+
+def _window_flags(losses, rule, capacity=4, factor=2.0):
+    """Outlier flags of LossWindow.check over a loss sequence, keeping the window as a step
+    does: the observed window for "public", the pushed one only when accepted for "accepted"."""
+    window, flags = LossWindow.empty(capacity), []
+    for loss in losses:
+        outlier, observed = window.check(jnp.float32(loss), factor, rule)
+        flags.append(bool(outlier))
+        if rule == "public" or not outlier:
+            window = observed
+    return flags
+
+
+# Small losses, a NaN, then a lasting rise to 10: the public rule accepts the new level once it
+# fills the window; a rule over accepted losses only rejects every later step (lock-in).
+LOSSES = [1.0, 1.2, 0.8, 1.0, float("nan"), 1.1, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0]
+
+
+def test_public_outlier_rule_matches_the_public_loss_watcher():
+    watcher = PublicLossWatcher(window=4, factor=2.0)
+    expected = [watcher.is_outlier(loss) for loss in LOSSES]
+    assert _window_flags(LOSSES, "public") == expected
+    assert expected[4] and expected[6] and not expected[-1]  # NaN, the jump; then accepted
+
+
+def test_accepted_outlier_rule_locks_after_a_lasting_rise():
+    flags = _window_flags(LOSSES, "accepted")
+    assert flags[4] and all(flags[6:])  # every step after the rise is rejected
+    assert flags != _window_flags(LOSSES, "public")
+
+
+def test_loss_window_ratio_test_starts_once_full():
     window = LossWindow.empty(3)
-    assert bool(window.is_outlier(jnp.float32(jnp.nan), 4.0))
-    assert bool(window.is_outlier(jnp.float32(jnp.inf), 4.0))
-    assert not bool(window.is_outlier(jnp.float32(1e6), 4.0))  # not full yet
+    for rule in ("public", "accepted"):
+        assert bool(window.check(jnp.float32(jnp.inf), 4.0, rule)[0])
+        assert not bool(window.check(jnp.float32(1e6), 4.0, rule)[0])  # not full yet
     for loss in (1.0, 2.0, 3.0, 1.0):  # ring buffer keeps the last three: 2, 3, 1 (mean 2)
         window = window.push(jnp.float32(loss))
-    assert int(window.size) == 3
-    assert not bool(window.is_outlier(jnp.float32(8.0), 4.0))
-    assert bool(window.is_outlier(jnp.float32(8.01), 4.0))
+    assert not bool(window.check(jnp.float32(8.0), 4.0, "accepted")[0])
+    assert bool(window.check(jnp.float32(8.01), 4.0, "accepted")[0])
+    with pytest.raises(ValueError, match="outlier rule"):
+        window.check(jnp.float32(1.0), 4.0, "median")
 
 
 def test_updates_applied_reads_the_schedule_count():

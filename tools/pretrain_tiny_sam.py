@@ -110,8 +110,9 @@ def make_pretrain_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransfor
         ):
             logits, iou = decode_masks(model, embedding, size, **prompts)
             parts = segmentation_losses(
-                logits, iou, batch["masks"], batch["instance_valid"], FOCAL_ALPHA, FOCAL_GAMMA
-            )
+                logits, iou, batch["masks"], batch["instance_valid"], FOCAL_ALPHA, FOCAL_GAMMA,
+                iou_target_on="probs",
+            )  # fmt: skip
             total += FOCAL_WEIGHT * parts["focal"] + parts["dice"] + parts["iou"]
         return total / 2
 

@@ -43,35 +43,23 @@ from resam_jax.data.views import (
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(ViewConfig):
+    """Where samples come from and how they are batched; the ViewConfig fields say how each
+    sample is made."""
+
     dataset: str = "nwpu_vhr10"  # nwpu_vhr10 | whu_building | hrsid | coco_instances
-    dataset_config: str = (
-        "default"  # hrsid: inshore | offshore | all; coco_instances: the name it was built with
-    )
+    # hrsid: inshore | offshore | all; coco_instances: the name it was built with
+    dataset_config: str = "default"
     data_dir: str = "~/tensorflow_datasets"
-    image_size: int = 1024  # S: longest side after resize, and the padded square
-    pad: Pad = "center"  # "center" (public ReSAM code) | "bottom_right" (SAM)
-    max_instances: int = 50  # N: instance slots per sample
-    num_points: int = 1  # P: positive (and as many negative) points per instance
     batch_size: int = 1  # per host
-    flip_probability: float = 0.5  # albumentations Flip default
-    strong_probability: float = 0.5  # each photometric augmentation, albumentations default
     num_epochs: int | None = None  # training passes; None repeats until the trainer stops
     worker_count: int = 0  # grain worker processes; 0 works in the calling process
     read_threads: int = 2  # threads per process producing batches
     prefetch_batches: int = 2  # batches buffered per process
 
     def __post_init__(self):
-        if self.pad not in ("center", "bottom_right"):
-            raise ValueError(f"pad must be 'center' or 'bottom_right', got {self.pad!r}")
-        for name in (
-            "image_size",
-            "max_instances",
-            "num_points",
-            "batch_size",
-            "read_threads",
-            "prefetch_batches",
-        ):
+        super().__post_init__()
+        for name in ("batch_size", "read_threads", "prefetch_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.worker_count < 0:
@@ -85,17 +73,6 @@ class DataConfig:
         if unknown:
             raise ValueError(f"unknown data config fields: {sorted(unknown)}")
         return cls(**values)
-
-    @property
-    def view(self) -> ViewConfig:
-        return ViewConfig(
-            image_size=self.image_size,
-            pad=self.pad,
-            max_instances=self.max_instances,
-            num_points=self.num_points,
-            flip_probability=self.flip_probability,
-            strong_probability=self.strong_probability,
-        )
 
 
 def chunk_index(num_instances: Sequence[int], max_instances: int) -> np.ndarray:
@@ -201,7 +178,7 @@ class _SampleLoader:
 
     def __call__(self, index: int, row: np.ndarray) -> dict[str, Any]:
         record, first = int(row[0]), int(row[1])
-        view = self._config.view
+        view = self._config  # a DataConfig is the ViewConfig of its samples
         if record < 0:
             return empty_sample(view)
         example = self._open()[record]

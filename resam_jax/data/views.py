@@ -3,6 +3,9 @@
 Frames: the source image is resized so its longest side is S (SAM's ResizeLongestSide), giving
 the *content* frame (newh x neww); the content is then placed in the S x S *padded* frame at
 `pad_offset`. Flips act on the content frame, so padding stays where the config puts it.
+The strong view is the weak view's geometry with photometric augmentations, applied (as the
+public code does) to the flipped image at its original resolution before the resize, or after
+it (`strong_before_resize=False`).
 
 Masks are resized nearest-neighbour with pixel-centre sampling (source index
 floor((i + 0.5) * src / dst), PIL's NEAREST): exact, cheap on crops, and it keeps masks
@@ -11,7 +14,9 @@ mask boundaries.) Each instance is handled as a tight crop of its mask, so per-i
 work scales with the object, not with the S x S frame.
 
 Points are integer pixel indices (x = column, y = row) in the padded frame, as SAM's
-prompt encoder expects (it adds the half-pixel shift itself).
+prompt encoder expects (it adds the half-pixel shift itself). Negative points fall anywhere in
+the padded frame outside the instance, padding included, as in the public code
+(`negative_points="frame"`), or inside the image content only ("content").
 """
 
 from __future__ import annotations
@@ -109,14 +114,18 @@ def flip_boxes(
 
 
 def sample_points(
-    crop: MaskCrop, frame: tuple[int, int], num_points: int, rng: np.random.Generator
+    crop: MaskCrop,
+    region: tuple[int, int, int, int],
+    num_points: int,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`num_points` positives uniform in the mask, then `num_points` negatives uniform in the
-    rest of the frame; xy [2n, 2] and labels [2n] (1, 0; -1 where the mask leaves no outside)."""
+    """`num_points` positives uniform in the mask, then `num_points` negatives uniform over
+    `region` = (top, left, height, width) outside the mask; xy [2n, 2] and labels [2n]
+    (1, 0; -1 where the region leaves no outside). `crop` and `region` share one frame."""
     ys, xs = np.nonzero(crop.mask)
     pick = rng.choice(len(ys), size=num_points, replace=len(ys) < num_points)
     positives = np.stack([xs[pick] + crop.left, ys[pick] + crop.top], axis=1)
-    negatives, found = _sample_outside(crop, frame, num_points, rng)
+    negatives, found = _sample_outside(crop, region, num_points, rng)
     points = np.concatenate([positives, negatives]).astype(np.float32)
     labels = np.concatenate(
         [np.ones(num_points, np.int32), np.where(np.arange(num_points) < found, 0, -1)]
@@ -125,23 +134,26 @@ def sample_points(
 
 
 def _sample_outside(
-    crop: MaskCrop, frame: tuple[int, int], n: int, rng: np.random.Generator
+    crop: MaskCrop, region: tuple[int, int, int, int], n: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, int]:
-    # Rejection sampling is exact and fast while the object covers little of the frame.
+    top, left, height, width = region
+    # Rejection sampling is exact and fast while the object covers little of the region.
     accepted = np.zeros((0, 2), np.int64)
     for _ in range(8):
-        xy = np.stack([rng.integers(0, frame[1], 4 * n), rng.integers(0, frame[0], 4 * n)], axis=1)
+        xy = np.stack(
+            [rng.integers(left, left + width, 4 * n), rng.integers(top, top + height, 4 * n)],
+            axis=1,
+        )
         accepted = np.concatenate([accepted, xy[~_inside(crop, xy)]])[:n]
         if len(accepted) == n:
             return accepted, n
-    full = np.zeros(frame, bool)
-    h, w = crop.mask.shape
-    full[crop.top : crop.top + h, crop.left : crop.left + w] = crop.mask
-    ys, xs = np.nonzero(~full)
-    if len(ys) == 0:
+    # The object fills most of the region: draw from its outside pixels directly.
+    columns, rows = np.meshgrid(np.arange(left, left + width), np.arange(top, top + height))
+    grid = np.stack([columns.ravel(), rows.ravel()], axis=1)
+    outside = grid[~_inside(crop, grid)]
+    if len(outside) == 0:
         return np.zeros((n, 2), np.int64), 0
-    pick = rng.choice(len(ys), size=n, replace=len(ys) < n)
-    return np.stack([xs[pick], ys[pick]], axis=1), n
+    return outside[rng.choice(len(outside), size=n, replace=len(outside) < n)], n
 
 
 def _inside(crop: MaskCrop, xy: np.ndarray) -> np.ndarray:
@@ -153,14 +165,36 @@ def _inside(crop: MaskCrop, xy: np.ndarray) -> np.ndarray:
     return hit
 
 
+NegativePoints = Literal["frame", "content"]
+
+
 @dataclasses.dataclass(frozen=True)
 class ViewConfig:
-    image_size: int = 1024
-    pad: Pad = "center"
-    max_instances: int = 50
-    num_points: int = 1
-    flip_probability: float = 0.5
-    strong_probability: float = photometric.STRONG_PROBABILITY
+    """How one sample is made (resam_jax.data.pipeline.DataConfig adds where samples come from)."""
+
+    image_size: int = 1024  # S: longest side after resize, and the padded square
+    pad: Pad = "center"  # "center" (public ReSAM code) | "bottom_right" (SAM)
+    max_instances: int = 50  # N: instance slots per sample
+    num_points: int = 1  # P: positive (and as many negative) points per instance
+    # Negatives uniform over the whole padded S x S frame outside the mask, padding included
+    # (public code), or over the image content only.
+    negative_points: NegativePoints = "frame"
+    flip_probability: float = 0.5  # albumentations Flip default
+    strong_probability: float = photometric.STRONG_PROBABILITY  # each photometric augmentation
+    # Photometric augmentations on the image at its original resolution, then the resize (public
+    # code), or on the resized image.
+    strong_before_resize: bool = True
+
+    def __post_init__(self):
+        if self.pad not in ("center", "bottom_right"):
+            raise ValueError(f"pad must be 'center' or 'bottom_right', got {self.pad!r}")
+        if self.negative_points not in ("frame", "content"):
+            raise ValueError(
+                f"negative_points must be 'frame' or 'content', got {self.negative_points!r}"
+            )
+        for name in ("image_size", "max_instances", "num_points"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def make_sample(
@@ -197,10 +231,17 @@ def make_sample(
     )
     if augment:
         horizontal, vertical = sample_flip(rng, config.flip_probability)
-        weak = np.ascontiguousarray(weak[:: -1 if vertical else 1, :: -1 if horizontal else 1])
+        flip = (slice(None, None, -1 if vertical else 1), slice(None, None, -1 if horizontal else 1))
+        weak = np.ascontiguousarray(weak[flip])
         crops = [c.flipped(resized, horizontal, vertical) for c in crops]
         scaled = flip_boxes(scaled, resized, horizontal, vertical)
-        strong = photometric.strong_augment(weak, rng, config.strong_probability)
+        if config.strong_before_resize:
+            # The public order: flip and augment at the original resolution, then resize.
+            original = np.ascontiguousarray(image[flip])
+            strong = photometric.strong_augment(original, rng, config.strong_probability)
+            strong = resize_image(strong, resized)
+        else:
+            strong = photometric.strong_augment(weak, rng, config.strong_probability)
     else:
         strong = weak
 
@@ -210,12 +251,15 @@ def make_sample(
     sample["strong_image"][content] = strong
     sample["content_mask"][content] = True
     offset = np.float32([left, top])
+    crops = [MaskCrop(c.top + top, c.left + left, c.mask) for c in crops]  # the padded frame
+    if config.negative_points == "frame":
+        region = (0, 0, size, size)
+    else:
+        region = (top, left, *resized)
     for i, crop in enumerate(crops):
-        points, labels = sample_points(crop, resized, n_pts, rng)
-        sample["points"][i] = points + offset
-        sample["point_labels"][i] = labels
+        sample["points"][i], sample["point_labels"][i] = sample_points(crop, region, n_pts, rng)
     k = len(crops)
-    sample["mask_crops"] = tuple(MaskCrop(c.top + top, c.left + left, c.mask) for c in crops)
+    sample["mask_crops"] = tuple(crops)
     sample["boxes"][:k] = scaled + np.tile(offset, 2)
     sample["instance_valid"][:k] = True
     sample["image_id"][()] = image_id
