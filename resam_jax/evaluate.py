@@ -1,4 +1,4 @@
-"""Evaluation step (METHOD.md section 5): prompt SAM with the GT points or boxes of every
+"""Evaluation step (docs/method.md section 5): prompt SAM with the GT points or boxes of every
 instance, binarise at the padded S x S resolution and count tp/fp/fn/tn per instance.
 
 The host turns the counts into per-image scores with resam_jax.metrics.ImageAveragedScores.

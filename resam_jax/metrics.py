@@ -1,4 +1,4 @@
-"""Evaluation metrics (METHOD.md section 5): confusion counts on device, scores on the host.
+"""Evaluation metrics (docs/method.md section 5): confusion counts on device, scores on the host.
 
 The device computes tp/fp/fn/tn per (image, instance) at the padded S x S resolution; the host
 turns them into per-image IoU, F1, precision and recall and averages over images.

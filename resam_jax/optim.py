@@ -1,5 +1,5 @@
 """Optimiser of the LoRA parameters: torch-style Adam with coupled weight decay and the
-warmup + two-milestone learning-rate schedule of the public code (METHOD.md section 4.6)."""
+warmup + two-milestone learning-rate schedule of the public code (docs/method.md section 4.6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One ReSAM train step (METHOD.md section 4) as a pure jitted function.
+"""One ReSAM train step (docs/method.md section 4) as a pure jitted function.
 
     step = make_train_step(graphdef, config)
     state, metrics = step(state, frozen, batch)      # state is donated

@@ -35,6 +35,8 @@ def test_packaged_sam_segments_target_scenes_from_points(tmp_path):
         image_size=128, max_instances=8, batch_size=4,
     )  # fmt: skip
     config = base_config()
+    config.model.pixel_norm = "sam"  # how tools/pretrain_tiny_sam.py trained it
+    config.eval.prompt_seeds = 1
     config.train.num_overlays = 0
     mesh = parallel.data_mesh()
     graphdef, lora, frozen = split_model(model)

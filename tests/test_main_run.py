@@ -219,7 +219,13 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, synthetic_data):
         [resumed_losses[s] for s in range(1, 9)], [full_losses[s] for s in range(1, 9)], rtol=1e-5
     )
     assert full["evaluations"][-1][1] == pytest.approx(second["evaluations"][-1][1])
-    assert not all(np.all(a[..., :] == 0) for a in _lora(resumed_dir))
+    exported = ocp.StandardCheckpointer().restore(resumed_dir / "export" / "lora")
+    b_leaves = [
+        leaf for path, leaf in jax.tree_util.tree_leaves_with_path(exported)
+        if "lora_b" in jax.tree_util.keystr(path)
+    ]  # fmt: skip
+    # LoRA A is random from step 0; only B shows that the resumed run trained.
+    assert b_leaves and all(np.abs(leaf).max() > 0 for leaf in b_leaves)
 
 
 def test_demo_command_writes_every_output(tmp_path):

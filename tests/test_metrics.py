@@ -1,4 +1,4 @@
-"""Metrics against a straightforward NumPy implementation of the definitions (METHOD.md 5)."""
+"""Metrics against a straightforward NumPy implementation of the definitions (docs/method.md section 5)."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -52,7 +52,7 @@ MAX_POINTS = 3  # prompts hold 1..3 positive and 0..3 negative points
 # SAM's training jitters GT boxes by 10% of their side, so box prompts need not be tight
 # (Requery prompts with boxes of imperfect refined masks).
 BOX_JITTER = 0.1
-# The demo's loss weights and focal parameters (METHOD.md section 4.3).
+# The demo's loss weights and focal parameters (docs/method.md section 4.3).
 FOCAL_ALPHA, FOCAL_GAMMA, FOCAL_WEIGHT = 0.8, 2.0, 20.0
 
 
@@ -128,6 +128,7 @@ def point_prompt_scores(model: Sam, data_config: pipeline.DataConfig, workdir: P
     """The demo's Direct SAM evaluation (1 positive + 1 negative point per instance, fixed
     seed) of `model` on the val split of `data_config`."""
     config = base_config()
+    config.model.pixel_norm = "sam"  # what this script trains with
     config.train.num_overlays = 0
     data_config = dataclasses.replace(data_config, num_points=1)
     mesh = parallel.data_mesh()
