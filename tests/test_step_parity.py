@@ -33,12 +33,14 @@ Measured on the real NWPU image 146.jpg, 4 instances (CPU, float32 matmuls; prin
     make_train_step: the same loss-part diffs; first Adam update max abs diff 6e-8 (|update|
         up to lr = 1e-3).
 
-Mutants of resam_jax/train_step.py checked by hand (edited locally, test run, reverted), each
-FAILS test_train_step_matches_public:
-    (1) student prompted with the Requery boxes instead of the points;
-    (2) targets = the refined masks (here: the GT masks) instead of the Requery pseudo-labels;
-    (3) teacher on the strong view;
-    (4) focal and dice weights swapped.
+Mutants of resam_jax/train_step.py checked by hand (edited locally, test run, reverted); each
+FAILS test_train_step_matches_public (loss parts within 1e-6 absolute):
+    (1) student prompted with the Requery boxes instead of the points:
+        "focal: ours 0.000784, public 0.000840" (diff 5.6e-5);
+    (2) targets = the GT masks instead of the Requery pseudo-labels:
+        "focal: ours 0.0741, public 0.000840";
+    (3) teacher on the strong view: "focal: ours 0.000314, public 0.000840";
+    (4) focal and dice weights swapped: "loss: ours 10.57, public 0.589".
 """
 
 from __future__ import annotations
@@ -420,7 +422,7 @@ def test_loss_and_gradients_match_public(setup, ours):
         f"(max |grad| {grad_scale:.3g})"
     )
     for name, diff in diffs.items():
-        assert diff <= 1e-5 * max(1.0, abs(public[name])), (name, diff)
+        assert diff <= 1e-6 * max(1.0, abs(public[name])), (name, diff)
     assert grad_scale > 1e-4  # the gradient carries signal
     assert grad_diff <= 1e-4 * grad_scale
     # Every LoRA tensor (A and B, of q and v, in every block) receives gradient.
@@ -446,5 +448,5 @@ def test_train_step_matches_public(setup):
         f"{update_diff:.3g} (max |update| {update_scale:.3g})"
     )
     for name, diff in diffs.items():
-        assert diff <= 1e-5 * max(1.0, abs(public[name])), f"{name}: ours {float(metrics[name])}, public {public[name]}"
+        assert diff <= 1e-6 * max(1.0, abs(public[name])), f"{name}: ours {float(metrics[name])}, public {public[name]}"
     assert update_diff <= 1e-3 * LR, update_diff
