@@ -25,26 +25,32 @@ What is pinned:
       its first Adam update (warmup_steps=0, lr=1e-3, weight decay 1e-4) equals
       torch.optim.Adam's update from the public gradients (test_train_step_matches_public).
 
-Measured on the real NWPU image 146.jpg, 4 instances (CPU, float32 matmuls; printed with -s):
-    refined masks (45 px) and pseudo-labels (81 px): 0 mismatched pixels; Requery boxes equal;
-    loss parts abs diff: focal 7e-10, dice 1.2e-7, IoU-MSE 3.4e-8, total 1.2e-7
-        (public: focal 8.4e-4, dice 0.526, IoU-MSE 0.046, total 0.589);
-    LoRA gradients (A and B of q and v, both blocks): max abs diff 1.5e-6, max |grad| 0.22;
-    make_train_step: the same loss-part diffs; first Adam update max abs diff 6e-8 (|update|
-        up to lr = 1e-3).
+The demo SAM was trained on SAM-normalised pixels and predicts nothing on the public [0, 1]
+input; sam_reference.demo_sam(unit_pixels=True) folds that normalisation into its patch
+embedding (the same weights on both sides), so the teacher gives real masks.
 
-Mutants of resam_jax/train_step.py checked by hand (edited locally, test run, reverted); each
-FAILS test_train_step_matches_public (loss parts within 1e-6 absolute):
+Measured on the real NWPU image 015.jpg, 4 instances (CPU, float32 matmuls; printed with -s):
+    refined masks (666 px) and pseudo-labels (979 px): 0 mismatched pixels; Requery boxes equal;
+    loss parts abs diff: focal 7e-9, dice 3e-8, IoU-MSE 3e-8, total 1.8e-7
+        (public: focal 0.0187, dice 0.464, IoU-MSE 0.138, total 0.976);
+    LoRA gradients (A and B of q and v, both blocks): max abs diff 5.1e-7, max |grad| 0.22;
+    make_train_step: the same loss-part diffs; first Adam update max abs diff 3e-8 (|update|
+        up to lr = 1e-3).
+(Synthetic fallback: 0 mismatched pixels, total diff 6e-7, gradient 3.2e-7, Adam 6e-8.)
+
+Mutants of resam_jax/train_step.py checked by hand on 015.jpg (edited locally, test run,
+reverted); each FAILS test_train_step_matches_public (loss parts within 1e-6 absolute):
     (1) student prompted with the Requery boxes instead of the points:
-        "focal: ours 0.000784, public 0.000840" (diff 5.6e-5);
+        "focal: ours 0.010162465274333954, public 0.018690168857574463";
     (2) targets = the GT masks instead of the Requery pseudo-labels:
-        "focal: ours 0.0741, public 0.000840";
-    (3) teacher on the strong view: "focal: ours 0.000314, public 0.000840";
-    (4) focal and dice weights swapped: "loss: ours 10.57, public 0.589".
+        "focal: ours 0.027594460174441338, public 0.018690168857574463";
+    (2b) targets = the refined masks (teacher_pseudo_labels returns them as the labels): all
+        three tests fail, e.g. "focal: ours 0.014367746189236641, public 0.018690168857574463";
+    (3) teacher on the strong view: "focal: ours 0.009261648170650005, public 0.018690168857574463";
+    (4) focal and dice weights swapped: "loss: ours 9.439826011657715, public 0.975785493850708".
 """
 
 from __future__ import annotations
-
 
 import jax
 import jax.numpy as jnp
@@ -154,10 +160,6 @@ class LoRAqkv(torch.nn.Module):
         qkv[:, :, :, :dim] += self.linear_b_q(self.linear_a_q(x))
         qkv[:, :, :, -dim:] += self.linear_b_v(self.linear_a_v(x))
         return qkv
-
-
-def torch_lora_names(block: int, which: str, part: str) -> str:
-    return f"image_encoder.blocks.{block}.attn.qkv.linear_{part}_{which}.weight"
 
 
 def attach_lora(reference, model) -> dict[tuple, torch.nn.Parameter]:
