@@ -203,7 +203,12 @@ def resize_and_pad(image, masks, bboxes):
     _, h, w = image.shape
     max_dim = max(w, h)
     pad_w, pad_h = (max_dim - w) // 2, (max_dim - h) // 2
-    padding = (pad_w, max_dim - w - pad_w, pad_h, max_dim - h - pad_h)  # F.pad: left, right, top, bottom
+    padding = (
+        pad_w,
+        max_dim - w - pad_w,
+        pad_h,
+        max_dim - h - pad_h,
+    )  # F.pad: left, right, top, bottom
     image = F.pad(image, padding)
     masks = [F.pad(m, padding) for m in masks]
     bboxes = transform.apply_boxes(np.asarray(bboxes, np.float64), (og_h, og_w))
@@ -278,7 +283,10 @@ def public_validate(models, data, prompt: str, gt: str = "public") -> dict:
 
 def table(ours, public) -> str:
     gap = max(abs(ours[n] - public[n]) for n in SCORE_NAMES)
-    return ", ".join(f"{n} {ours[n]:.5f} vs {public[n]:.5f}" for n in SCORE_NAMES) + f"; max gap {gap:.2g}"
+    return (
+        ", ".join(f"{n} {ours[n]:.5f} vs {public[n]:.5f}" for n in SCORE_NAMES)
+        + f"; max gap {gap:.2g}"
+    )
 
 
 @pytest.mark.parametrize("prompt", ["boxes", "points"])

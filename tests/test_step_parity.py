@@ -125,8 +125,9 @@ def make_batch() -> dict[str, np.ndarray]:
         )
         if np.abs(sample["weak_image"].astype(int) - sample["strong_image"]).mean() > 5:
             break
-    batch = paste_masks(stack_samples([sample]))
-    return {k: v for k, v in batch.items()}
+    else:
+        raise AssertionError("no seed gave a strong view that differs from the weak one")
+    return paste_masks(stack_samples([sample]))
 
 
 def select_instances(batch: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
@@ -273,7 +274,9 @@ def public_step(sam, lora_params, batch) -> dict:
     for kept in refined:
         ys, xs = torch.where(kept)
         if len(xs) > 0:
-            bboxes.append(torch.tensor([xs.min(), ys.min(), xs.max(), ys.max()], dtype=torch.float32))
+            bboxes.append(
+                torch.tensor([xs.min(), ys.min(), xs.max(), ys.max()], dtype=torch.float32)
+            )
     assert len(bboxes) == n, "Requery dropped an instance: the public targets would misalign"
     bboxes = torch.stack(bboxes)
     # Requery: the teacher re-prompted with the boxes; the student on the strong view.
@@ -286,7 +289,9 @@ def public_step(sam, lora_params, batch) -> dict:
         loss_focal = loss_focal + focal_loss(pred_mask, soft_mask)
         loss_dice = loss_dice + dice_loss(pred_mask, soft_mask)
         batch_iou = calc_iou(pred_mask[None], soft_mask[None])
-        loss_iou = loss_iou + F.mse_loss(iou_prediction.view(-1), batch_iou.view(-1), reduction="sum") / n
+        loss_iou = (
+            loss_iou + F.mse_loss(iou_prediction.view(-1), batch_iou.view(-1), reduction="sum") / n
+        )
     loss_focal, loss_dice = loss_focal / n, loss_dice / n
     loss_total = FOCAL_W * loss_focal + DICE_W * loss_dice + IOU_W * loss_iou
     loss_total.backward()
@@ -329,7 +334,10 @@ def our_views(batch):
 
 
 def point_prompts(batch):
-    return {"points": jnp.asarray(batch["points"]), "point_labels": jnp.asarray(batch["point_labels"])}
+    return {
+        "points": jnp.asarray(batch["points"]),
+        "point_labels": jnp.asarray(batch["point_labels"]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -418,10 +426,14 @@ def test_train_step_matches_public(setup):
     graphdef, lora, frozen = split_model(model)
     before = jax.tree.map(np.array, lora)
     state = create_train_state(lora, model.config.prompt_embed_dim, config)
-    state, metrics = make_train_step(graphdef, config)(state, frozen, jax.tree.map(jnp.asarray, batch))
+    state, metrics = make_train_step(graphdef, config)(
+        state, frozen, jax.tree.map(jnp.asarray, batch)
+    )
     assert not bool(metrics["skipped"])
     assert int(metrics["valid_instances"]) == int(batch["instance_valid"].sum())
-    diffs = {name: abs(float(metrics[name]) - public[name]) for name in ("focal", "dice", "iou", "loss")}
+    diffs = {
+        name: abs(float(metrics[name]) - public[name]) for name in ("focal", "dice", "iou", "loss")
+    }
     updates = jax.tree.map(lambda new, old: np.asarray(new) - old, state.lora, before)
     update_diff, update_scale = max_abs_diff(updates, public["updates"])
     print(
@@ -429,5 +441,7 @@ def test_train_step_matches_public(setup):
         f"{update_diff:.3g} (max |update| {update_scale:.3g})"
     )
     for name, diff in diffs.items():
-        assert diff <= 1e-6 * max(1.0, abs(public[name])), f"{name}: ours {float(metrics[name])}, public {public[name]}"
+        assert diff <= 1e-6 * max(1.0, abs(public[name])), (
+            f"{name}: ours {float(metrics[name])}, public {public[name]}"
+        )
     assert update_diff <= 1e-3 * LR, update_diff
