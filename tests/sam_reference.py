@@ -108,3 +108,83 @@ def nchw(x) -> torch.Tensor:
 
 def nhwc(x: torch.Tensor) -> np.ndarray:
     return x.detach().permute(0, 2, 3, 1).numpy()
+
+
+def demo_sam(
+    lora_b_scale: float = 0.0, lora_a_scale: float = 0.3, seed: int = 11, unit_pixels: bool = False
+) -> Sam:
+    """The packaged pretrained tiny SAM (128 px) with LoRA (rank 4) on q and v of every block.
+
+    The demo SAM was trained on SAM-normalised pixels; `unit_pixels` folds that normalisation
+    into its patch embedding (kernel * 255 / std, bias - kernel . mean / std) so that [0, 1]
+    pixels, what the public ReSAM code feeds SAM, give the masks it was trained to give
+    (inside the image content; the zero padding now means pixel value 0 instead of the mean).
+
+    LoRA A and B are normal draws times their scales; lora_b_scale=0 gives B = 0, i.e. exactly
+    the checkpoint's SAM, as load_sam(path, lora_rank=4, lora_start_layer=0) does. Built
+    abstractly and filled: ~20x faster than initialising the model eagerly on a busy CPU.
+    """
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from resam_jax.config import DEMO_SAM_CHECKPOINT
+    from resam_jax.model.checkpoint import load_sam_params
+
+    config, params = load_sam_params(DEMO_SAM_CHECKPOINT)
+    if unit_pixels:
+        from resam_jax.model.sam import PIXEL_MEAN, PIXEL_STD
+
+        path = ("image_encoder", "patch_embed")
+        kernel = params[(*path, "kernel")]  # [kh, kw, 3, C]
+        std, mean = np.asarray(PIXEL_STD, np.float64), np.asarray(PIXEL_MEAN, np.float64)
+        params[(*path, "bias")] = params[(*path, "bias")] - np.einsum(
+            "hwco,c->o", kernel, mean / std
+        )
+        params[(*path, "kernel")] = kernel * (255.0 / std)[:, None]
+    config = dataclasses.replace(config, lora_rank=4, lora_start_layer=0)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(seed)
+    flat = []
+    for path, variable in nnx.to_flat_state(state):
+        if path in params:
+            value = params[path]
+        else:
+            assert isinstance(variable, nnx.LoRAParam), path
+            scale = lora_a_scale if path[-1] == "lora_a" else lora_b_scale
+            value = scale * rng.normal(size=variable.get_value().shape)
+        flat.append((path, variable.replace(jnp.asarray(value, jnp.float32))))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def torch_twin(model: Sam) -> TorchSam:
+    """The reference SAM carrying the Flax model's frozen weights (the inverse of jax_twin).
+
+    Each torch tensor is filled through the converter's own mapping (`_map_key`) applied to its
+    element indices, so every layout transform is inverted exactly; the round trip is checked.
+    """
+    from resam_jax.model.params import _map_key
+
+    frozen = nnx.state(model, nnx.Not(nnx.LoRAParam))
+    flat = {path: np.array(v.get_value()) for path, v in nnx.to_flat_state(frozen)}
+    reference = build_reference(model.config)
+    point_embeddings = flat[("prompt_encoder", "point_embeddings")]
+    with torch.no_grad():
+        for key, tensor in reference.state_dict().items():
+            if key.endswith(("pixel_mean", "pixel_std")):
+                continue
+            if key.startswith("prompt_encoder.point_embeddings."):
+                row = int(key.split(".")[2])
+                tensor.copy_(torch.from_numpy(point_embeddings[row][None]))
+                continue
+            index = np.arange(tensor.numel()).reshape(tuple(tensor.shape))
+            path, moved = _map_key(key, index)
+            values = np.empty(tensor.numel(), np.float32)
+            values[np.asarray(moved).ravel()] = flat[path].ravel()
+            tensor.copy_(torch.from_numpy(values.reshape(tuple(tensor.shape))))
+    params, unexpected = torch_to_flax(numpy_state_dict(reference))
+    assert not unexpected, unexpected
+    assert params.keys() == flat.keys(), params.keys() ^ flat.keys()
+    for path, value in params.items():
+        np.testing.assert_array_equal(value, flat[path], err_msg=str(path))
+    return reference
