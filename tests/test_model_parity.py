@@ -237,3 +237,36 @@ def test_upsample_logits_matches_torch_interpolate():
         t(logits), (256, 256), mode="bilinear", align_corners=False
     )
     close(upsample_logits(jnp.asarray(logits), 256), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_adds_to_q_and_v_only_like_the_public_lora_qkv():
+    """Non-zero LoRA on the packaged tiny SAM against the reference wrapped in the public
+    `_LoRA_qkv` (sam_reference.LoRAqkv): the fused qkv projection changes in its q and v thirds
+    and not in k, and the whole encoder matches the wrapped reference."""
+    from sam_reference import attach_lora, demo_sam, torch_twin
+
+    model = demo_sam(lora_b_scale=0.2, lora_a_scale=0.2)
+    reference = torch_twin(model)
+    attach_lora(reference, model)
+    config = model.config
+    dim = config.encoder_embed_dim
+    rng = np.random.default_rng(4)
+    grid = config.embed_size
+    x = rng.normal(size=(1, grid, grid, dim)).astype(np.float32)
+    for block, ref_block in zip(model.image_encoder.blocks, reference.image_encoder.blocks, strict=True):
+        attn = block.attn
+        plain = np.asarray(attn.qkv(jnp.asarray(x)))
+        with torch.no_grad():
+            wrapped = ref_block.attn.qkv(t(x)).numpy()
+            unwrapped = ref_block.attn.qkv.qkv(t(x)).numpy()  # the frozen projection alone
+        adapted = plain + np.concatenate(
+            [np.asarray(attn.lora_q(jnp.asarray(x))), np.zeros_like(x), np.asarray(attn.lora_v(jnp.asarray(x)))],
+            axis=-1,
+        )  # fmt: skip
+        np.testing.assert_allclose(adapted, wrapped, rtol=1e-4, atol=1e-5)
+        changed = np.abs(wrapped - unwrapped).reshape(-1, 3, dim).max(axis=(0, 2))
+        assert changed[0] > 1e-3 and changed[2] > 1e-3 and changed[1] == 0.0, changed  # q, k, v
+    images = rng.normal(size=(1, config.image_size, config.image_size, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference.image_encoder(nchw(images))
+    close(model.image_encoder(jnp.asarray(images)), expected.permute(0, 2, 3, 1), rtol=1e-3, atol=1e-3)

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from data_fixtures import nwpu_real_dir
 from flax import nnx
 from pycocotools import mask as mask_utils
-from sam_reference import demo_sam, torch_twin
+from sam_reference import attach_lora, demo_sam, torch_twin
 
 from resam_jax.evaluate import decode_masks
 from resam_jax.losses import segmentation_losses
@@ -142,44 +142,6 @@ def select_instances(batch: dict[str, np.ndarray], keep: np.ndarray) -> dict[str
 
 
 # --------------------------------------------------------------------------- the models
-
-
-class LoRAqkv(torch.nn.Module):
-    """The public `_LoRA_qkv`: qkv(x) with B_q A_q x added to q and B_v A_v x added to v."""
-
-    def __init__(self, qkv: torch.nn.Linear, rank: int):
-        super().__init__()
-        self.qkv, dim = qkv, qkv.in_features
-        self.linear_a_q = torch.nn.Linear(dim, rank, bias=False)
-        self.linear_b_q = torch.nn.Linear(rank, dim, bias=False)
-        self.linear_a_v = torch.nn.Linear(dim, rank, bias=False)
-        self.linear_b_v = torch.nn.Linear(rank, dim, bias=False)
-
-    def forward(self, x):
-        qkv = self.qkv(x)
-        dim = self.qkv.in_features
-        qkv[:, :, :, :dim] += self.linear_b_q(self.linear_a_q(x))
-        qkv[:, :, :, -dim:] += self.linear_b_v(self.linear_a_v(x))
-        return qkv
-
-
-def attach_lora(reference, model) -> dict[tuple, torch.nn.Parameter]:
-    """Wraps every block's qkv in LoRAqkv carrying the Flax model's LoRA; returns the LoRA
-    parameters by the Flax path (torch weight = Flax kernel transposed)."""
-    for p in reference.parameters():
-        p.requires_grad_(False)
-    params = {}
-    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):
-        _, _, block, _, lora, part = path  # image_encoder.blocks.i.attn.lora_{q,v}.lora_{a,b}
-        attn = reference.image_encoder.blocks[block].attn
-        if not isinstance(attn.qkv, LoRAqkv):
-            attn.qkv = LoRAqkv(attn.qkv, model.config.lora_rank)
-        linear = getattr(attn.qkv, f"linear_{part[-1]}_{lora[-1]}")
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(np.array(variable.get_value()).T))
-        linear.weight.requires_grad_(True)
-        params[path] = linear.weight
-    return params
 
 
 @pytest.fixture(scope="module")
