@@ -58,6 +58,15 @@ def confusion_counts(predicted: jax.Array, target: jax.Array, valid: jax.Array) 
     return jnp.stack([tp, fp, fn, tn], axis=-1) * valid[..., None]
 
 
+def masked_mean_iou(predicted: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
+    """On device: IoU of bool masks [B, N, H, W] per instance (0/0 scores 1, as smp), averaged
+    over the valid instances [B, N]; 0 when none is valid. For logging pseudo-label quality."""
+    intersection = jnp.sum(predicted & target, axis=(-2, -1), dtype=jnp.float32)
+    union = jnp.sum(predicted | target, axis=(-2, -1), dtype=jnp.float32)
+    iou = jnp.where(union > 0, intersection / jnp.maximum(union, 1.0), 1.0)
+    return jnp.sum(jnp.where(valid, iou, 0.0)) / jnp.maximum(jnp.sum(valid, dtype=jnp.float32), 1.0)
+
+
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(denominator > 0, numerator / np.maximum(denominator, 1), 1.0)

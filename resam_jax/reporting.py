@@ -95,6 +95,28 @@ class Progress:
         )
 
 
+# Per-step pseudo-label quality of a ReSAM step (resam_jax.train_step), averaged per epoch.
+PSEUDO_LABEL_DIAGNOSTICS = {
+    "teacher_point_iou": "teacher point IoU",
+    "refined_iou": "refined IoU",
+    "target_iou": "pseudo-label IoU",
+    "pseudo_label_kept_fraction": "kept",
+}
+
+
+def diagnostics_table(rows: Sequence[tuple[str, Mapping[str, float]]]) -> str:
+    """Per-epoch pseudo-label quality against the GT masks (never trained on), in percent:
+    the teacher's point-prompted masks, Refine's masks, the training targets (Requery's masks,
+    or the refined ones in the Refine-only ablation), and the share of instances kept."""
+    names = list(PSEUDO_LABEL_DIAGNOSTICS.values())
+    header = f"{'pseudo-labels vs GT':<28}" + "".join(f"{n:>19}" for n in names)
+    lines = [header, "-" * len(header)]
+    for label, values in rows:
+        cells = "".join(f"{100 * values[key]:>19.2f}" for key in PSEUDO_LABEL_DIAGNOSTICS)
+        lines.append(f"{label:<28}{cells}")
+    return "\n".join(lines)
+
+
 def evaluation_table(rows: Sequence[tuple[str, Mapping[str, float]]]) -> str:
     """Rows (label, {iou, f1, ..., images} and optionally {iou_std, ..., prompt_seeds}) as an
     aligned text table in percent; "mean ± std" over prompt draws where there were several."""

@@ -205,7 +205,7 @@ def make_overlay_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict)
         )
         return {
             "prediction": binarize(logits, config.eval.threshold_on),
-            "pseudo_label": pseudo.masks,
+            "pseudo_label": pseudo.masks if config.method.requery else pseudo.refined,
             "pseudo_valid": pseudo.valid,
         }
 
@@ -395,6 +395,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     progress = reporting.Progress(first_step, total_steps)
     preemption = checkpointing.PreemptionWatch()
     history: list[dict[str, jax.Array]] = []
+    epoch_diagnostics: list[dict[str, jax.Array]] = []  # pseudo-label quality, whole epoch
+    diagnostic_rows: list[tuple[str, dict[str, float]]] = []
     preempted = False
     step = first_step
     while step < total_steps:
@@ -403,6 +405,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         batch = parallel.global_batch(next(train_iterator), mesh)
         state, metrics = train_step(state, frozen, batch)
         history.append(metrics)
+        if config.method.mode == "resam":
+            epoch_diagnostics.append({k: metrics[k] for k in reporting.PSEUDO_LABEL_DIAGNOSTICS})
         step += 1
         if step == first_step + 1:
             progress.start()
@@ -412,6 +416,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             writer.write(step, "train", means)
             logging.info(progress.line(step, epoch, means))
         epoch_end = step % steps_per_epoch == 0 or step == total_steps
+        if epoch_end and epoch_diagnostics:  # (after a resume: the steps since the resume)
+            diagnostics = _mean_metrics(epoch_diagnostics)
+            writer.write(step, "pseudo_labels", diagnostics)
+            diagnostic_rows.append((f"epoch {epoch} (step {step})", diagnostics))
+        if epoch_end:
+            epoch_diagnostics.clear()
         if step % config.train.checkpoint_every_steps == 0 or epoch_end:
             checkpoints.save(step, state, train_iterator)
         if epoch_end and (epoch % config.train.eval_every_epochs == 0 or step == total_steps):
@@ -439,6 +449,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             "exported %s and %s", workdir / "export" / "lora", workdir / "export" / "sam_merged"
         )
     writer.close()
+    if diagnostic_rows:
+        logging.info("\n%s", reporting.diagnostics_table(diagnostic_rows))
     if rows:
         logging.info("\n%s", reporting.evaluation_table(rows))
-    return {"steps": step, "preempted": preempted, "evaluations": rows, "lora": state.lora}
+    return {
+        "steps": step,
+        "preempted": preempted,
+        "evaluations": rows,
+        "pseudo_labels": diagnostic_rows,
+        "lora": state.lora,
+    }

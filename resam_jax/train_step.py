@@ -29,6 +29,7 @@ from flax import nnx
 
 from resam_jax.evaluate import decode_masks
 from resam_jax.losses import segmentation_losses
+from resam_jax.metrics import masked_mean_iou
 from resam_jax.model import Sam, normalize_pixels
 from resam_jax.optim import learning_rate_schedule, make_optimizer, updates_applied
 from resam_jax.stages.refine import refine_masks
@@ -47,6 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
         dict(
             mode="resam",  # "resam" | "supervised" | "direct"
             refine_threshold=0.3,  # keep pixel if p * (1 - H) > threshold
+            requery=True,  # False: train on the refined masks ("Refine only" ablation)
             ema_rate=0.0,  # teacher LoRA EMA; 0 = the current student (public code)
             focal_alpha=0.8,
             focal_gamma=2.0,
@@ -82,6 +84,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 class PseudoLabels(NamedTuple):
     weak_embedding: jax.Array  # [B, E, E, C] teacher embedding of the weak view
+    point_masks: jax.Array  # bool [B, N, S, S] point-prompted teacher masks (logit > 0)
+    refined: jax.Array  # bool [B, N, S, S] Refine's confident, overlap-free pixels
     boxes: jax.Array  # float32 [B, N, 4] tight boxes of the refined masks (Requery prompts)
     masks: jax.Array  # bool [B, N, S, S] box-prompted teacher masks
     valid: jax.Array  # bool [B, N] instances whose refined mask is not empty
@@ -111,8 +115,9 @@ def teacher_pseudo_labels(
     boxes, valid = requery_prompts(refined, instance_valid)
     requery_logits, _ = decode_masks(teacher, weak_embedding, image_size, boxes=boxes)
     return PseudoLabels(
-        weak_embedding, boxes, pseudo_labels(requery_logits), valid, overlap_fraction
-    )
+        weak_embedding, refine_logits > 0, refined, boxes, pseudo_labels(requery_logits), valid,
+        overlap_fraction,
+    )  # fmt: skip
 
 
 def make_train_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> TrainStep:
@@ -145,7 +150,9 @@ def make_train_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -
             pseudo = teacher_pseudo_labels(
                 teacher, weak_image, point_prompts, batch["instance_valid"], method.refine_threshold
             )
-            targets, valid = pseudo.masks, pseudo.valid
+            # Requery's box-prompted masks, or (the "Refine only" ablation) the refined masks.
+            targets = pseudo.masks if method.requery else pseudo.refined
+            valid = pseudo.valid
             student_image = normalize_pixels(
                 batch["strong_image"], batch["content_mask"], pixel_norm
             )
@@ -211,9 +218,15 @@ def make_train_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -
             learning_rate=schedule(updates_applied(state.opt_state)),
         )
         if resam:
-            metrics["overlap_fraction"] = jnp.mean(pseudo.overlap_fraction)
-            metrics["pseudo_label_kept_fraction"] = num_valid / jnp.maximum(
-                jnp.sum(batch["instance_valid"]), 1
+            # Pseudo-label diagnostics against the GT masks, which ReSAM never trains on: how
+            # good the teacher's point masks, the refined masks and the targets are.
+            gt, given = batch["masks"], batch["instance_valid"]
+            metrics.update(
+                overlap_fraction=jnp.mean(pseudo.overlap_fraction),
+                pseudo_label_kept_fraction=num_valid / jnp.maximum(jnp.sum(given), 1),
+                teacher_point_iou=masked_mean_iou(pseudo.point_masks, gt, given),
+                refined_iou=masked_mean_iou(pseudo.refined, gt, given),
+                target_iou=masked_mean_iou(targets, gt, valid),
             )
         return new_state, metrics
 

@@ -264,3 +264,42 @@ def test_direct_mode_does_not_train():
         make_train_step(graphdef, make_config(mode="direct"))
     with pytest.raises(ValueError, match="does not train"):
         create_train_state(lora, 32, make_config(mode="direct"))
+
+
+@pytest.mark.parametrize("requery", [True, False], ids=["requery", "refine_only"])
+def test_pseudo_label_diagnostics_score_the_teacher_masks_against_gt(requery):
+    """The logged IoUs against GT are those of the teacher's point masks, Refine's masks and the
+    training targets: Requery's box-prompted masks, or the refined masks in the Refine-only
+    ablation (method.requery=False). Checked against the stages called directly and a NumPy IoU."""
+    from resam_jax.model import normalize_pixels
+    from resam_jax.train_step import teacher_pseudo_labels
+
+    graphdef, lora, frozen = split_model(make_model())
+    config = make_config(requery=requery, ema_rate=0.0)
+    batch = make_batch(2)
+    state = create_train_state(lora, 32, config)
+    teacher = nnx.merge(graphdef, jax.tree.map(jnp.copy, state.lora), frozen)
+    pseudo = teacher_pseudo_labels(
+        teacher,
+        normalize_pixels(batch["weak_image"], batch["content_mask"], config.model.pixel_norm),
+        {"points": batch["points"], "point_labels": batch["point_labels"]},
+        batch["instance_valid"],
+        config.method.refine_threshold,
+    )
+    _, metrics = make_train_step(graphdef, config)(state, frozen, batch)
+
+    def numpy_iou(masks, valid):
+        masks, gt = np.asarray(masks), batch["masks"]
+        scores = [
+            (masks[b, i] & gt[b, i]).sum() / max((masks[b, i] | gt[b, i]).sum(), 1)
+            if (masks[b, i] | gt[b, i]).any() else 1.0
+            for b, i in zip(*np.nonzero(np.asarray(valid)), strict=True)
+        ]  # fmt: skip
+        return np.mean(scores)
+
+    given = batch["instance_valid"]
+    np.testing.assert_allclose(metrics["teacher_point_iou"], numpy_iou(pseudo.point_masks, given), rtol=1e-5)
+    np.testing.assert_allclose(metrics["refined_iou"], numpy_iou(pseudo.refined, given), rtol=1e-5)
+    targets = pseudo.masks if requery else pseudo.refined
+    np.testing.assert_allclose(metrics["target_iou"], numpy_iou(targets, pseudo.valid), rtol=1e-5)
+    assert float(metrics["refined_iou"]) != pytest.approx(float(numpy_iou(pseudo.masks, pseudo.valid)))
