@@ -47,7 +47,7 @@ def predict_logits(model: Sam, batch: Batch, prompt: str, pixel_norm: str) -> ja
 def make_eval_step(
     graphdef: nnx.GraphDef, config: ml_collections.ConfigDict
 ) -> Callable[[nnx.State, nnx.State, Batch], dict[str, jax.Array]]:
-    """A jitted `(lora, frozen, batch) -> {"counts": int32 [B, N, 4], "instance_valid": [B, N],
+    """A pure `(lora, frozen, batch) -> {"counts": int32 [B, N, 4], "instance_valid": [B, N],
     "image_id": [B]}` (the image ids let the host join the samples of one image).
 
     `lora` is whichever LoRA set to evaluate: the student's (TrainState.lora), or the initial
@@ -70,4 +70,4 @@ def make_eval_step(
             "image_id": batch["image_id"],
         }
 
-    return jax.jit(eval_step)
+    return eval_step

@@ -108,9 +108,7 @@ def image_scores(
             for name, value in scores_from_counts(counts).items()
         }
     else:
-        raise ValueError(
-            f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}"
-        )
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
     return scores, num_valid > 0
 
 

@@ -1,6 +1,8 @@
 """What a user sees of a run: the progress line, metric files, the evaluation table, overlays.
 
-    WORKDIR/metrics.jsonl       one JSON object per line: {"step", "kind": "train"|"eval", ...}
+    WORKDIR/config.json         the resolved configuration of the run (also TensorBoard hparams)
+    WORKDIR/metrics.jsonl       one JSON object per line: {"step", "kind", ...}; kind "train",
+                                "eval" (with its "label") or "pseudo_labels"
     WORKDIR/tensorboard/        TensorBoard event files (tensorboardX; TensorFlow not needed)
     WORKDIR/overlays/<step>/    PNGs of validation images: GT | prediction | pseudo-label
 
@@ -15,6 +17,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -36,28 +39,112 @@ def quiet_library_logs() -> None:
         handler.addFilter(_LibraryInfoFilter())
 
 
-class MetricWriter:
-    """Scalars to metrics.jsonl and TensorBoard (under a `kind/` prefix)."""
+# Fields that change neither what is trained nor what is evaluated: a resumed run may change them
+# (with a warning). Any other change on resume is an error.
+RESUMABLE_FIELDS = frozenset(
+    {
+        "data.data_dir",
+        "data.manual_dir",
+        "data.prefetch_batches",
+        "data.read_threads",
+        "data.worker_count",
+        "train.checkpoint_every_steps",
+        "train.eval_before_training",
+        "train.eval_every_epochs",
+        "train.keep_checkpoints",
+        "train.log_every_steps",
+        "train.max_steps",
+        "train.num_overlays",
+    }
+)
 
-    def __init__(self, workdir: str | Path, enabled: bool = True):
+
+def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a.b": value} of a (nested) config, tuples as lists: what config.json holds."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def config_changes(path: Path, config: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(field, saved, current) for every field that differs from the config.json at `path`."""
+    saved = json.loads(path.read_text())
+    current = flat_config(config)
+    missing = object()
+    return [
+        (name, saved.get(name, missing), current.get(name, missing))
+        for name in sorted(saved.keys() | current.keys())
+        if saved.get(name, missing) != current.get(name, missing)
+    ]
+
+
+class MetricWriter:
+    """Scalars to metrics.jsonl and TensorBoard (under a `kind/` prefix).
+
+    A resumed run passes `resume_step`: the rows logged after that step by the interrupted run
+    (steps that will run again) are dropped from metrics.jsonl, and TensorBoard purges them.
+    """
+
+    def __init__(self, workdir: str | Path, enabled: bool = True, resume_step: int | None = None):
         self._enabled = enabled
         if not enabled:
             return
         from tensorboardX import SummaryWriter
 
-        workdir = Path(workdir)
-        self._jsonl = open(workdir / "metrics.jsonl", "a")
-        self._tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+        self._path = Path(workdir) / "metrics.jsonl"
+        if resume_step is not None and self._path.exists():
+            kept = [
+                line
+                for line in self._path.read_text().splitlines()
+                if json.loads(line)["step"] <= resume_step
+            ]
+            self._path.write_text("".join(line + "\n" for line in kept))
+        self._jsonl = open(self._path, "a")
+        purge = None if resume_step is None else resume_step + 1
+        self._tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=purge)
 
-    def write(self, step: int, kind: str, scalars: Mapping[str, float]) -> None:
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        """The resolved configuration as TensorBoard hparams (config.json is written by the run)."""
+        if not self._enabled:
+            return
+        from tensorboardX.summary import hparams
+
+        values = {
+            k: v if isinstance(v, bool | int | float | str) else json.dumps(v)
+            for k, v in flat_config(config).items()
+        }
+        for summary in hparams(values, {}):
+            self._tensorboard.file_writer.add_summary(summary)
+
+    def write(
+        self, step: int, kind: str, scalars: Mapping[str, float], label: str | None = None
+    ) -> None:
         if not self._enabled:
             return
         scalars = {name: float(value) for name, value in scalars.items()}
-        self._jsonl.write(json.dumps({"step": step, "kind": kind, **scalars}) + "\n")
+        record = {"step": step, "kind": kind, **({"label": label} if label else {}), **scalars}
+        self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         for name, value in scalars.items():
             self._tensorboard.add_scalar(f"{kind}/{name}", value, step)
         self._tensorboard.flush()
+
+    def rows(self, kind: str) -> list[tuple[str, dict[str, float]]]:
+        """(label, scalars) of every `kind` row in metrics.jsonl, a resumed run's earlier ones
+        included: what the final tables are built from."""
+        if not self._enabled:
+            return []
+        rows = []
+        for line in self._path.read_text().splitlines():
+            record = json.loads(line)
+            if record.pop("kind") == kind:
+                step = record.pop("step")
+                rows.append((record.pop("label", f"step {step}"), record))
+        return rows
 
     def close(self) -> None:
         if self._enabled:

@@ -246,7 +246,9 @@ class Evaluator:
         self._num_overlays = config.train.num_overlays
         self._workdir = workdir
 
-    def _batches(self, draw: int = 0) -> Iterable[tuple[dict[str, np.ndarray], dict[str, jax.Array]]]:
+    def _batches(
+        self, draw: int = 0
+    ) -> Iterable[tuple[dict[str, np.ndarray], dict[str, jax.Array]]]:
         for local in self._datasets[draw]:
             yield local, parallel.global_batch(local, self._mesh)
 
@@ -294,6 +296,27 @@ class Evaluator:
 # --------------------------------------------------------------------------- the run
 
 
+def record_config(config: ml_collections.ConfigDict, workdir: Path, resuming: bool) -> None:
+    """Writes the resolved config to WORKDIR/config.json. A resumed run compares it with the
+    saved one first: a changed field that alters training or evaluation is an error naming the
+    field; one that does not (reporting.RESUMABLE_FIELDS: logging, checkpoint cadence, paths)
+    is a warning."""
+    path = workdir / "config.json"
+    if resuming and path.exists():
+        changes = reporting.config_changes(path, config.to_dict())
+        fatal = [c for c in changes if c[0] not in reporting.RESUMABLE_FIELDS]
+        if fatal:
+            listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in fatal)
+            raise RunError(
+                f"{workdir} holds a checkpoint of a run with another configuration ({listed}). "
+                "Resume with the saved values (config.json there) or use a new --workdir."
+            )
+        for name, old, new in changes:
+            logging.warning("resuming with %s changed from %r to %r", name, old, new)
+    if jax.process_index() == 0:
+        path.write_text(json.dumps(reporting.flat_config(config.to_dict()), indent=1) + "\n")
+
+
 def _mean_metrics(history: list[Mapping[str, jax.Array]]) -> dict[str, float]:
     """Means over the steps since the last log line (one host sync per log line)."""
     fetched = jax.device_get(history)
@@ -305,7 +328,7 @@ def _mean_metrics(history: list[Mapping[str, jax.Array]]) -> dict[str, float]:
 
 def _log_evaluation(writer, rows, step: int, label: str, scores: Mapping[str, float]) -> None:
     rows.append((label, scores))
-    writer.write(step, "eval", scores)
+    writer.write(step, "eval", scores, label=label)
     logging.info(
         "eval %s: %s",
         label,
@@ -341,7 +364,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     graphdef, lora, frozen = split_model(model)
     frozen = parallel.replicate(frozen, mesh)
 
-    writer = reporting.MetricWriter(workdir, enabled=jax.process_index() == 0)
+    checkpoints = None
+    if config.method.mode != "direct":
+        checkpoints = checkpointing.TrainCheckpoints(
+            workdir / "checkpoints", config.train.keep_checkpoints
+        )
+    resume_step = checkpoints.latest_step() if checkpoints else None
+    record_config(config, workdir, resuming=resume_step is not None)
+    writer = reporting.MetricWriter(
+        workdir, enabled=jax.process_index() == 0, resume_step=resume_step
+    )
+    writer.write_config(config.to_dict())
     evaluator = Evaluator(graphdef, config, data_config, mesh, workdir)
     rows: list[tuple[str, dict[str, float]]] = []
     if config.method.mode == "direct":
@@ -359,10 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         pipeline.make_dataset(data_config, train_split, train=True, seed=config.seed)
     )
     state = parallel.replicate(create_train_state(lora, sam.prompt_embed_dim, config), mesh)
-    checkpoints = checkpointing.TrainCheckpoints(
-        workdir / "checkpoints", config.train.keep_checkpoints
-    )
-    if checkpoints.latest_step() is not None:
+    if resume_step is not None:
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
         )
@@ -372,7 +402,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     rep, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     train_step = jax.jit(
-        make_train_step(graphdef, config),
+        make_train_step(graphdef, config, steps_per_epoch),
         in_shardings=(rep, rep, sharded),
         out_shardings=(rep, rep),
         donate_argnums=0,
@@ -401,7 +431,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     step = first_step
     while step < total_steps:
         epoch = step // steps_per_epoch + 1
-        state = state.replace(epoch=parallel.replicate(np.int32(epoch), mesh))
         batch = parallel.global_batch(next(train_iterator), mesh)
         state, metrics = train_step(state, frozen, batch)
         history.append(metrics)
@@ -418,8 +447,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         epoch_end = step % steps_per_epoch == 0 or step == total_steps
         if epoch_end and epoch_diagnostics:  # (after a resume: the steps since the resume)
             diagnostics = _mean_metrics(epoch_diagnostics)
-            writer.write(step, "pseudo_labels", diagnostics)
-            diagnostic_rows.append((f"epoch {epoch} (step {step})", diagnostics))
+            label = f"epoch {epoch} (step {step})"
+            writer.write(step, "pseudo_labels", diagnostics, label=label)
+            diagnostic_rows.append((label, diagnostics))
         if epoch_end:
             epoch_diagnostics.clear()
         if step % config.train.checkpoint_every_steps == 0 or epoch_end:
@@ -448,6 +478,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         logging.info(
             "exported %s and %s", workdir / "export" / "lora", workdir / "export" / "sam_merged"
         )
+    # The tables cover the whole run, a resumed run's earlier rows included (from the log).
+    diagnostic_rows = writer.rows("pseudo_labels") or diagnostic_rows
+    rows = writer.rows("eval") or rows
     writer.close()
     if diagnostic_rows:
         logging.info("\n%s", reporting.diagnostics_table(diagnostic_rows))

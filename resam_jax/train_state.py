@@ -83,15 +83,11 @@ class TrainState:
     mode "resam" (supervised training has neither a teacher nor SSA)."""
 
     step: jax.Array  # int32 [], train-step calls so far, skipped ones included
-    epoch: jax.Array  # int32 [], 1-based epoch, set by the host loop (drives the SSA weight)
     lora: nnx.State  # student LoRA parameters (the trainable set)
     opt_state: optax.OptState
     teacher_lora: nnx.State | None  # EMA of `lora`; equal to it when ema_rate is 0
     ssa_queues: FeatureQueues | None
     loss_window: LossWindow
-
-    def with_epoch(self, epoch: int) -> TrainState:
-        return self.replace(epoch=jnp.asarray(epoch, jnp.int32))
 
 
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
@@ -129,7 +125,6 @@ def create_train_state(
     resam = method.mode == "resam"
     return TrainState(
         step=jnp.int32(0),
-        epoch=jnp.int32(1),
         lora=lora,
         opt_state=make_optimizer(config.optim).init(lora),
         teacher_lora=jax.tree.map(jnp.copy, lora) if resam else None,

@@ -1,7 +1,7 @@
 """One ReSAM train step (docs/method.md section 4) as a pure jitted function.
 
-    step = make_train_step(graphdef, config)
-    state, metrics = step(state, frozen, batch)      # state is donated
+    step = jax.jit(make_train_step(graphdef, config, steps_per_epoch), donate_argnums=0)
+    state, metrics = step(state, frozen, batch)
 
 Mode "resam": the teacher (EMA of the student's LoRA) encodes the weak view once; Refine and
 Requery both decode from that embedding to make box-prompted pseudo-labels; the student encodes
@@ -120,12 +120,16 @@ def teacher_pseudo_labels(
     )  # fmt: skip
 
 
-def make_train_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> TrainStep:
-    """The jitted train step for config.method.mode ("resam" or "supervised").
+def make_train_step(
+    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> TrainStep:
+    """The train step for config.method.mode ("resam" or "supervised"), a pure function for
+    the caller to jit with its shardings (donating the state).
 
     Args:
         graphdef: from resam_jax.train_state.split_model.
         config: see default_config.
+        steps_per_epoch: the epoch (which drives the SSA weight) is derived from the step count.
     """
     method = config.method
     if method.mode not in TRAIN_MODES:
@@ -180,7 +184,8 @@ def make_train_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -
                     state.ssa_queues, pseudo.weak_embedding, embedding, pseudo.boxes, valid,
                     stride, method.ssa_form, method.ssa_tau,
                 )  # fmt: skip
-                parts["ssa_weight"] = ssa_weight(state.epoch, num_epochs, method.ssa_max_weight)
+                epoch = state.step // steps_per_epoch + 1
+                parts["ssa_weight"] = ssa_weight(epoch, num_epochs, method.ssa_max_weight)
                 total = total + parts["ssa_weight"] * parts["ssa"]
             return total, (parts, queues)
 
@@ -216,6 +221,8 @@ def make_train_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -
             skipped=skipped,
             valid_instances=num_valid,
             learning_rate=schedule(updates_applied(state.opt_state)),
+            grad_norm=optax.global_norm(grads),
+            update_norm=optax.global_norm(updates),  # as computed, also when the step is skipped
         )
         if resam:
             # Pseudo-label diagnostics against the GT masks, which ReSAM never trains on: how
@@ -230,4 +237,4 @@ def make_train_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -
             )
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    return train_step

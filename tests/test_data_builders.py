@@ -25,9 +25,6 @@ from resam_jax.data.coco import DataError
 from resam_jax.data.prepare import prepare
 
 # pycocotools 2.0 with numpy 2 warns on every decode; nothing this project can change.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword"
-)
 
 
 def _skipped(data_dir: Path, dataset: str, config: str, split: str) -> list[dict]:

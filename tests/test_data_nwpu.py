@@ -20,7 +20,6 @@ pytestmark = [
     pytest.mark.skipif(
         nwpu_real_dir() is None, reason="real NWPU VHR-10 not found next to the repository"
     ),
-    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
 ]
 
 

@@ -21,10 +21,6 @@ from resam_jax.data.pipeline import (
 )
 from resam_jax.data.prepare import prepare
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword"
-)
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):

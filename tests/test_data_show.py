@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import PIL.Image
-import pytest
 from data_fixtures import nwpu_release
 
 from resam_jax import visualize
 from resam_jax.data import show
 from resam_jax.data.pipeline import DataConfig, make_dataset
 from resam_jax.data.prepare import prepare
-
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword"
-)
 
 
 def test_grid_shows_weak_and_strong_views_with_prompts(tmp_path, capsys):

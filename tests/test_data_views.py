@@ -21,10 +21,6 @@ from resam_jax.data.views import (
 )
 from resam_jax.transforms import preprocess_shape, resize_image
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword"
-)
-
 SHAPES = [(60, 90), (90, 60), (706, 1082), (800, 800), (37, 1000)]
 
 
@@ -303,9 +299,7 @@ def test_padded_instance_slots_and_static_shapes():
 
 
 @pytest.mark.parametrize(("negative_points", "labels"), [("content", -1), ("frame", 0)])
-def test_a_mask_covering_the_whole_image_has_negatives_only_in_the_padding(
-    negative_points, labels
-):
+def test_a_mask_covering_the_whole_image_has_negatives_only_in_the_padding(negative_points, labels):
     full = np.ones((20, 30), np.uint8, order="F")
     sample = _make(
         _image(20, 30),
@@ -364,7 +358,10 @@ def test_strong_view_is_augmented_at_the_original_resolution_before_the_resize()
         )
         rng = np.random.default_rng(7)
         horizontal, vertical = sample_flip(rng, 1.0)
-        flip = (slice(None, None, -1 if vertical else 1), slice(None, None, -1 if horizontal else 1))
+        flip = (
+            slice(None, None, -1 if vertical else 1),
+            slice(None, None, -1 if horizontal else 1),
+        )
         weak = np.ascontiguousarray(resize_image(image, resized)[flip])
         content = sample["weak_image"][: resized[0], : resized[1]]
         np.testing.assert_array_equal(content, weak)

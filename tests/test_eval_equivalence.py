@@ -82,7 +82,6 @@ pytestmark = [
     pytest.mark.skipif(
         nwpu_real_dir() is None, reason="real NWPU VHR-10 not found next to the repository"
     ),
-    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
 ]
 
 IMAGE_SIZE = 128
@@ -153,7 +152,9 @@ def our_scores(models, batch, prompt: str, reduction="per_instance", pixel_norm=
         config.model.pixel_norm = pixel_norm
         graphdef, lora, frozen = split_model(models[0])
         _COUNTS_CACHE[key] = jax.device_get(
-            make_eval_step(graphdef, config)(lora, frozen, jax.tree.map(jnp.asarray, batch))
+            jax.jit(make_eval_step(graphdef, config))(
+                lora, frozen, jax.tree.map(jnp.asarray, batch)
+            )
         )
     out = _COUNTS_CACHE[key]
     scores = ImageAveragedScores(reduction)

@@ -89,11 +89,9 @@ def test_saturated_pixels_are_bounded_by_the_bce_log_floor_like_torch():
 
 def test_public_float32_focal_saturates_above_logit_16_6_where_ours_stays_exact():
     logits = np.array([[10.0, 17.0, 30.0]], np.float32)  # all wrong: target 0
-    targets = np.zeros_like(logits, dtype=bool)
     torch_logits = torch.from_numpy(logits[0]).requires_grad_()
-    public = 0.8 * (1 - torch.exp(-F.binary_cross_entropy(
-        torch.sigmoid(torch_logits), torch.zeros(3), reduction="none"))) ** 2 * F.binary_cross_entropy(
-        torch.sigmoid(torch_logits), torch.zeros(3), reduction="none")  # fmt: skip
+    bce = F.binary_cross_entropy(torch.sigmoid(torch_logits), torch.zeros(3), reduction="none")
+    public = 0.8 * (1 - torch.exp(-bce)) ** 2 * bce  # the public FocalLoss, per pixel
     public.sum().backward()
     ours = jax.vmap(lambda x: focal_loss(x[None, None], jnp.zeros((1, 1), bool), 0.8, 2.0))(
         jnp.asarray(logits[0])
@@ -137,9 +135,9 @@ def test_iou_regression_targets_the_actual_iou_without_gradient_into_the_masks(i
     loss = iou_regression_loss(predictions, jnp.asarray(logits), jnp.asarray(targets), "logits")
     actual = mask_iou(jnp.asarray(logits), jnp.asarray(targets), "logits")
     np.testing.assert_allclose(loss, (predictions - actual) ** 2, rtol=1e-6)
-    mask_grad = jax.grad(lambda x: iou_regression_loss(predictions, x, jnp.asarray(targets), "logits").sum())(
-        jnp.asarray(logits)
-    )
+    mask_grad = jax.grad(
+        lambda x: iou_regression_loss(predictions, x, jnp.asarray(targets), "logits").sum()
+    )(jnp.asarray(logits))
     assert float(jnp.abs(mask_grad).max()) == 0.0
 
 

@@ -286,3 +286,35 @@ def test_nwpu_config_trains_on_the_real_benchmark(nwpu_dir, tmp_path):
     ]
     assert any(r["kind"] == "train" and r["skipped"] < 1 for r in records)
     assert (tmp_path / "run" / "export" / "sam_merged" / "sam_checkpoint.json").is_file()
+
+
+def test_resume_after_a_kill_logs_each_step_once_and_refuses_a_changed_config(
+    tmp_path, synthetic_data
+):
+    """A run killed after step 4 whose last checkpoint is step 3 logs step 4 again on resume:
+    the interrupted run's rows after step 3 are dropped, the final table keeps the evaluations
+    of both runs, and a changed field that alters training is refused (a cadence is not)."""
+    import shutil
+
+    workdir = tmp_path / "run"
+    steps = dict(num_epochs=2, log_every_steps=1, checkpoint_every_steps=3, max_steps=4)
+    train.train_and_evaluate(small_config(synthetic_data, **steps), workdir)
+    shutil.rmtree(workdir / "checkpoints" / "4")  # as if killed before step 4 was saved
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["method.mode"] == "supervised" and saved["train.max_steps"] == 4
+
+    changed = small_config(synthetic_data, **{**steps, "max_steps": 0})
+    changed.method.focal_weight = 10.0
+    with pytest.raises(train.RunError, match=r"method.focal_weight: 20.0 -> 10.0"):
+        train.train_and_evaluate(changed, workdir)
+
+    resumed = train.train_and_evaluate(
+        small_config(synthetic_data, **{**steps, "max_steps": 0, "log_every_steps": 2}), workdir
+    )
+    assert resumed["steps"] == 8
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert train_steps == [1, 2, 3, 4, 6, 8]  # step 4 once, from the resumed run
+    evaluations = [(r["step"], r["label"]) for r in records if r["kind"] == "eval"]
+    assert [label for label, _ in resumed["evaluations"]] == [label for _, label in evaluations]
+    assert [s for s, _ in evaluations] == [4, 8]  # epoch 1 (step 4, re-run) and epoch 2

@@ -1,5 +1,6 @@
 """Metrics against a straightforward NumPy implementation of the definitions (docs/method.md section 5)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -138,9 +139,9 @@ def test_eval_step_counts_match_a_direct_computation(prompt):
     config = make_config()
     config.eval.prompt = prompt
     batch = make_batch(0)
-    out = make_eval_step(graphdef, config)(lora, frozen, batch)
+    out = jax.jit(make_eval_step(graphdef, config))(lora, frozen, batch)
 
-    images = normalize_pixels(batch["weak_image"], batch["content_mask"], "sam")
+    images = normalize_pixels(batch["weak_image"], batch["content_mask"], config.model.pixel_norm)
     prompts = (
         {"points": batch["points"], "point_labels": batch["point_labels"]}
         if prompt == "points"

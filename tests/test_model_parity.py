@@ -253,7 +253,9 @@ def test_lora_adds_to_q_and_v_only_like_the_public_lora_qkv():
     rng = np.random.default_rng(4)
     grid = config.embed_size
     x = rng.normal(size=(1, grid, grid, dim)).astype(np.float32)
-    for block, ref_block in zip(model.image_encoder.blocks, reference.image_encoder.blocks, strict=True):
+    for block, ref_block in zip(
+        model.image_encoder.blocks, reference.image_encoder.blocks, strict=True
+    ):
         attn = block.attn
         plain = np.asarray(attn.qkv(jnp.asarray(x)))
         with torch.no_grad():
@@ -269,4 +271,6 @@ def test_lora_adds_to_q_and_v_only_like_the_public_lora_qkv():
     images = rng.normal(size=(1, config.image_size, config.image_size, 3)).astype(np.float32)
     with torch.no_grad():
         expected = reference.image_encoder(nchw(images))
-    close(model.image_encoder(jnp.asarray(images)), expected.permute(0, 2, 3, 1), rtol=1e-3, atol=1e-3)
+    close(
+        model.image_encoder(jnp.asarray(images)), expected.permute(0, 2, 3, 1), rtol=1e-3, atol=1e-3
+    )

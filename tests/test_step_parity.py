@@ -71,10 +71,6 @@ from resam_jax.stages.refine import refine_masks
 from resam_jax.train_state import create_train_state, split_model
 from resam_jax.train_step import default_config, make_train_step, teacher_pseudo_labels
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword"
-)
-
 IMAGE_SIZE = 128
 NWPU_IMAGE = "015.jpg"  # 7 instances of 2000..3000 px: ~20 px across at 128, all kept by Requery
 MAX_INSTANCES = 4  # instances kept (those Requery keeps), plus one padding slot on our side
@@ -139,6 +135,11 @@ def select_instances(batch: dict[str, np.ndarray], keep: np.ndarray) -> dict[str
     out["instance_valid"][:, -1] = False
     out["point_labels"][:, -1] = -1
     return out
+
+
+def train_step_of(graphdef, config, steps_per_epoch=1000):
+    """make_train_step jitted as the run jits it (donating the state)."""
+    return jax.jit(make_train_step(graphdef, config, steps_per_epoch), donate_argnums=0)
 
 
 # --------------------------------------------------------------------------- the models
@@ -388,7 +389,7 @@ def test_train_step_matches_public(setup):
     graphdef, lora, frozen = split_model(model)
     before = jax.tree.map(np.array, lora)
     state = create_train_state(lora, model.config.prompt_embed_dim, config)
-    state, metrics = make_train_step(graphdef, config)(
+    state, metrics = train_step_of(graphdef, config)(
         state, frozen, jax.tree.map(jnp.asarray, batch)
     )
     assert not bool(metrics["skipped"])

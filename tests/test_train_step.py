@@ -75,6 +75,11 @@ def make_config(**method):
     return config
 
 
+def train_step_of(graphdef, config, steps_per_epoch=1000):
+    """make_train_step jitted as the run jits it (donating the state)."""
+    return jax.jit(make_train_step(graphdef, config, steps_per_epoch), donate_argnums=0)
+
+
 class EncodeCounter:
     """Counts Sam.encode calls, i.e. image encodings per trace of a jitted step."""
 
@@ -101,7 +106,7 @@ def resam(encode_counter):
     model = make_model()
     graphdef, lora, frozen = split_model(model)
     config = make_config()
-    step = make_train_step(graphdef, config)
+    step = train_step_of(graphdef, config)
 
     def fresh_state():
         return create_train_state(jax.tree.map(jnp.copy, lora), 32, config)
@@ -143,7 +148,10 @@ def test_only_the_lora_of_q_and_v_trains_and_the_rest_of_sam_is_unchanged(resam)
         for block in range(2) for proj in ("q", "v") for ab in ("a", "b")
     }  # fmt: skip
     assert _lora_paths(state.lora) == expected
-    assert not _lora_paths(nnx.state(nnx.merge(graphdef, state.lora, frozen), nnx.LoRAParam)) - expected
+    assert (
+        not _lora_paths(nnx.state(nnx.merge(graphdef, state.lora, frozen), nnx.LoRAParam))
+        - expected
+    )
     image = jnp.asarray(make_batch(0)["weak_image"][:1], jnp.float32) / 255.0
     sam_before = nnx.merge(graphdef, fresh_state().lora, frozen).encode(image)
 
@@ -154,7 +162,8 @@ def test_only_the_lora_of_q_and_v_trains_and_the_rest_of_sam_is_unchanged(resam)
                  jax.tree_util.tree_leaves_with_path(state.lora) if "lora_b" in jax.tree_util.keystr(path)]  # fmt: skip
     assert min(trained_b) > 0  # every B moved off zero (A is random from the start)
     zero_b = jax.tree_util.tree_map_with_path(
-        lambda path, x: jnp.zeros_like(x) if "lora_b" in jax.tree_util.keystr(path) else x, state.lora
+        lambda path, x: jnp.zeros_like(x) if "lora_b" in jax.tree_util.keystr(path) else x,
+        state.lora,
     )
     np.testing.assert_array_equal(nnx.merge(graphdef, zero_b, frozen).encode(image), sam_before)
     adapted = nnx.merge(graphdef, state.lora, frozen).encode(image)
@@ -203,7 +212,7 @@ def test_outlier_step_is_skipped_inside_jit(rule):
     window = state.loss_window
     for _ in range(window.capacity):  # a full window of tiny losses makes any real loss an outlier
         window = window.push(jnp.float32(1e-6))
-    step = make_train_step(graphdef, config)
+    step = train_step_of(graphdef, config)
     state = state.replace(loss_window=window)
     # The public rule keeps the rejected loss in its window; the other leaves the window as it was.
     _skip_leaves_everything_but_step(step, frozen, state, make_batch(0), rule == "public")
@@ -236,7 +245,7 @@ def test_ssa_alone_trains_the_student():
     config.optim.weight_decay = 0.0
     state = create_train_state(lora, 32, config)
     before = _copy(state.lora)
-    state, metrics = make_train_step(graphdef, config)(state, frozen, make_batch(0))
+    state, metrics = train_step_of(graphdef, config)(state, frozen, make_batch(0))
     assert not bool(metrics["skipped"])
     assert float(metrics["ssa"]) > 0
     changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), before, _copy(state.lora))
@@ -248,7 +257,7 @@ def test_supervised_steps_reduce_the_loss_on_gt_masks():
     config = make_config(mode="supervised")
     state = create_train_state(lora, 32, config)
     assert state.teacher_lora is None and state.ssa_queues is None
-    step = make_train_step(graphdef, config)
+    step = train_step_of(graphdef, config)
     batch = make_batch(3)
     losses = []
     for _ in range(8):
@@ -261,7 +270,7 @@ def test_supervised_steps_reduce_the_loss_on_gt_masks():
 def test_direct_mode_does_not_train():
     graphdef, lora, _ = split_model(make_model())
     with pytest.raises(ValueError, match="does not train"):
-        make_train_step(graphdef, make_config(mode="direct"))
+        make_train_step(graphdef, make_config(mode="direct"), steps_per_epoch=1)
     with pytest.raises(ValueError, match="does not train"):
         create_train_state(lora, 32, make_config(mode="direct"))
 
@@ -286,7 +295,7 @@ def test_pseudo_label_diagnostics_score_the_teacher_masks_against_gt(requery):
         batch["instance_valid"],
         config.method.refine_threshold,
     )
-    _, metrics = make_train_step(graphdef, config)(state, frozen, batch)
+    _, metrics = train_step_of(graphdef, config)(state, frozen, batch)
 
     def numpy_iou(masks, valid):
         masks, gt = np.asarray(masks), batch["masks"]
@@ -298,8 +307,29 @@ def test_pseudo_label_diagnostics_score_the_teacher_masks_against_gt(requery):
         return np.mean(scores)
 
     given = batch["instance_valid"]
-    np.testing.assert_allclose(metrics["teacher_point_iou"], numpy_iou(pseudo.point_masks, given), rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics["teacher_point_iou"], numpy_iou(pseudo.point_masks, given), rtol=1e-5
+    )
     np.testing.assert_allclose(metrics["refined_iou"], numpy_iou(pseudo.refined, given), rtol=1e-5)
     targets = pseudo.masks if requery else pseudo.refined
     np.testing.assert_allclose(metrics["target_iou"], numpy_iou(targets, pseudo.valid), rtol=1e-5)
-    assert float(metrics["refined_iou"]) != pytest.approx(float(numpy_iou(pseudo.masks, pseudo.valid)))
+    assert float(metrics["refined_iou"]) != pytest.approx(
+        float(numpy_iou(pseudo.masks, pseudo.valid))
+    )
+
+
+def test_epoch_and_ssa_weight_follow_the_step_count_inside_the_step():
+    """beta(e) = 4 / (1 + exp(-(e - (E + 1) / 2))) with e derived from state.step (2 steps per
+    epoch here); the step reports the gradient and update norms."""
+    graphdef, lora, frozen = split_model(make_model())
+    config = make_config(ssa_max_weight=4.0)
+    config.train.num_epochs = 3
+    state = create_train_state(lora, 32, config)
+    step = train_step_of(graphdef, config, steps_per_epoch=2)
+    weights = []
+    for _ in range(5):
+        state, metrics = step(state, frozen, make_batch(0))
+        weights.append(float(metrics["ssa_weight"]))
+        assert float(metrics["grad_norm"]) > 0 and float(metrics["update_norm"]) > 0
+    expected = [4 / (1 + np.exp(-(e - 2))) for e in (1, 1, 2, 2, 3)]
+    np.testing.assert_allclose(weights, expected, rtol=1e-6)

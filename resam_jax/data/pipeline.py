@@ -33,7 +33,6 @@ from absl import flags
 from resam_jax.data.builders import load_prepared
 from resam_jax.data.coco import DataError
 from resam_jax.data.views import (
-    Pad,
     ViewConfig,
     empty_sample,
     make_sample,
