@@ -245,10 +245,7 @@ def make_sample(
     )
     if augment:
         horizontal, vertical = sample_flip(rng, config.flip_probability)
-        flip = (
-            slice(None, None, -1 if vertical else 1),
-            slice(None, None, -1 if horizontal else 1),
-        )
+        flip = (slice(None, None, -1 if vertical else 1), slice(None, None, -1 if horizontal else 1))
         weak = np.ascontiguousarray(weak[flip])
         crops = [c.flipped(resized, horizontal, vertical) for c in crops]
         scaled = flip_boxes(scaled, resized, horizontal, vertical)
