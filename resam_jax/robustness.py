@@ -148,6 +148,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         names = parse_corruptions(_CORRUPTIONS.value)
+        if _SEVERITY.value not in SEVERITIES:
+            raise ValueError(f"--severity={_SEVERITY.value}; expected an integer in 1-5")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
