@@ -5,7 +5,7 @@ The definitions, constants and severity tables are those of the `imagecorruption
 itself is not a dependency: on the current stack it does not import (`pkg_resources`, gone from
 setuptools >= 81), `fog` fails (`np.float_`, gone in NumPy 2), `glass_blur` fails
 (`skimage.filters.gaussian(multichannel=)`, gone in scikit-image 0.21), `impulse_noise` ignores
-NumPy's global seed (scikit-image >= 0.21 draws from its own unseeded generator), every random
+NumPy's global seed (current scikit-image draws from its own unseeded generator), every random
 corruption draws from NumPy's global state (a process-wide lock around every call for grain's
 reader threads), and it pulls in opencv-python (the GUI build, needs libGL) and scikit-image.
 So the 15 are written here on NumPy, SciPy and Pillow, line by line after the package:
