@@ -232,6 +232,16 @@ class Evaluator:
             in_shardings=(rep, rep, rep, sharded),
             out_shardings=rep,
         )
+        self._config = config
+        self.set_data(data_config)
+        self._mesh = mesh
+        self._reduction = config.eval.reduction
+        self._num_overlays = config.train.num_overlays
+        self._workdir = workdir
+
+    def set_data(self, data_config: pipeline.DataConfig) -> None:
+        """Evaluates on data made with `data_config` from now on (the compiled steps stay)."""
+        config = self._config
         num_draws = config.eval.prompt_seeds if config.eval.prompt == "points" else 1
         if num_draws < 1:
             raise RunError(f"config.eval.prompt_seeds={config.eval.prompt_seeds}; expected >= 1")
@@ -241,10 +251,6 @@ class Evaluator:
             )
             for draw in range(num_draws)
         ]
-        self._mesh = mesh
-        self._reduction = config.eval.reduction
-        self._num_overlays = config.train.num_overlays
-        self._workdir = workdir
 
     def _batches(
         self, draw: int = 0

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from resam_jax.data import photometric
+from resam_jax.data import corruptions, photometric
 from resam_jax.transforms import preprocess_shape, resize_image
 
 Pad = Literal["center", "bottom_right"]
@@ -184,8 +184,18 @@ class ViewConfig:
     # Photometric augmentations on the image at its original resolution, then the resize (public
     # code), or on the resized image.
     strong_before_resize: bool = True
+    # An ImageNet-C corruption (resam_jax.data.corruptions.CORRUPTIONS; "" = none) at a severity
+    # 1-5, applied to the source image before anything else, the same for an image every time.
+    corruption: str = ""
+    corruption_severity: int = 3
 
     def __post_init__(self):
+        if self.corruption:
+            corruptions.check(self.corruption, self.corruption_severity)
+        elif self.corruption_severity not in corruptions.SEVERITIES:
+            raise ValueError(
+                f"corruption_severity must be an integer in 1-5, got {self.corruption_severity!r}"
+            )
         if self.pad not in ("center", "bottom_right"):
             raise ValueError(f"pad must be 'center' or 'bottom_right', got {self.pad!r}")
         if self.negative_points not in ("frame", "content"):
@@ -213,12 +223,16 @@ def make_sample(
 
     `rles`/`boxes` (xyxy, source pixels) are the instances of this sample, at most
     `config.max_instances`. Without `augment` there is no flip and strong == weak.
+    With `config.corruption`, the image is corrupted first, at its original resolution, seeded
+    by `image_id` (train and eval alike); masks, boxes and points do not change.
     """
     size, n_pts = config.image_size, config.num_points
     if len(rles) > config.max_instances:
         raise ValueError(
             f"{len(rles)} instances exceed max_instances={config.max_instances}; chunk the image first"
         )
+    if config.corruption:
+        image = corruptions.corrupt(image, config.corruption, config.corruption_severity, image_id)
     height, width = image.shape[:2]
     resized = preprocess_shape(height, width, size)
     top, left = pad_offset(resized, size, config.pad)
