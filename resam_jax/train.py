@@ -414,6 +414,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             "exported %s and %s", workdir / "export" / "lora", workdir / "export" / "sam_merged"
         )
     writer.close()
+    if config.train.compare_with_supervised and config.method.mode != "supervised" and not preempted:
+        # The Supervised row: the same run on the GT masks, in its own workdir.
+        supervised = config.copy_and_resolve_references()
+        supervised.method.mode = "supervised"
+        supervised.train.update(compare_with_supervised=False, eval_before_training=False)
+        supervised.data.update(data_dir=str(data_dir), manual_dir=str(manual_dir or ""))
+        rows.append(train_and_evaluate(supervised, workdir / "supervised")["evaluations"][-1])
     if rows:
         logging.info("\n%s", reporting.evaluation_table(rows))
     return {"steps": step, "preempted": preempted, "evaluations": rows, "lora": state.lora}
