@@ -292,7 +292,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Runs config in workdir (resuming if it holds a checkpoint).
 
     Returns:
-        {"steps": steps done, "preempted": bool, "evaluations": [(label, scores), ...],
+        {"steps": steps done, "preempted": bool, "evaluations": [(label, scores), ...] (with
+         train.compare_with_supervised, the supervised run's last row at the end),
          "lora": the final LoRA parameters (replicated arrays)}.
     """
     workdir = Path(workdir).expanduser().resolve()
@@ -414,7 +415,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             "exported %s and %s", workdir / "export" / "lora", workdir / "export" / "sam_merged"
         )
     writer.close()
-    if config.train.compare_with_supervised and config.method.mode != "supervised" and not preempted:
+    if (
+        config.train.compare_with_supervised
+        and config.method.mode != "supervised"
+        and not preempted
+    ):
         # The Supervised row: the same run on the GT masks, in its own workdir.
         supervised = config.copy_and_resolve_references()
         supervised.method.mode = "supervised"

@@ -10,9 +10,9 @@ pipeline as a user's own data:
 
 Two styles draw the same scenes with a domain shift between them, standing in for "natural
 images -> remote sensing": "source" (clean, saturated, high-contrast colours; only used to
-pretrain the demo's tiny SAM, tools/pretrain_tiny_sam.py) and "target" (grey-brown ground with
-strong texture, low-contrast dull roofs and ships, SAR-like multiplicative speckle; what the
-demo adapts that SAM to).
+pretrain the demo's tiny SAM, tools/pretrain_tiny_sam.py) and "target" (the same palette seen
+through a worse sensor: washed-out colours, contrast cut to 0.7, strongly textured noisy
+ground, SAR-like multiplicative speckle; what the demo adapts that SAM to).
 """
 
 from __future__ import annotations
