@@ -64,5 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
         eval_before_training=True,  # the Direct SAM row (LoRA B = 0 is SAM itself)
         eval_every_epochs=1,
         num_overlays=4,  # validation images drawn as GT | prediction | pseudo-label PNGs
+        # After a ReSAM run, run the same config in <workdir>/supervised with mode "supervised"
+        # (GT masks) and add its final row to the table (the demo's upper bound).
+        compare_with_supervised=False,
     )
     return config

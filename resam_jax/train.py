@@ -346,7 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Runs config in workdir (resuming if it holds a checkpoint).
 
     Returns:
-        {"steps": steps done, "preempted": bool, "evaluations": [(label, scores), ...],
+        {"steps": steps done, "preempted": bool, "evaluations": [(label, scores), ...] (with
+         train.compare_with_supervised, the supervised run's last row at the end),
          "lora": the final LoRA parameters (replicated arrays)}.
     """
     workdir = Path(workdir).expanduser().resolve()
@@ -488,6 +489,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     diagnostic_rows = writer.rows("pseudo_labels") or diagnostic_rows
     rows = writer.rows("eval") or rows
     writer.close()
+    if (
+        config.train.compare_with_supervised
+        and config.method.mode != "supervised"
+        and not preempted
+    ):
+        # The Supervised row: the same run on the GT masks, in its own workdir.
+        supervised = config.copy_and_resolve_references()
+        supervised.method.mode = "supervised"
+        supervised.train.update(compare_with_supervised=False, eval_before_training=False)
+        supervised.data.update(data_dir=str(data_dir), manual_dir=str(manual_dir or ""))
+        rows.append(train_and_evaluate(supervised, workdir / "supervised")["evaluations"][-1])
     if diagnostic_rows:
         logging.info("\n%s", reporting.diagnostics_table(diagnostic_rows))
     if rows:

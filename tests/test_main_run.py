@@ -229,12 +229,11 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, synthetic_data):
 
 
 def test_demo_command_writes_every_output(tmp_path):
-    """The README's first command, shortened: one epoch on 8 images, from the packaged SAM."""
+    """The README's first command as it is (about a minute and a half on two CPU cores): every
+    output, and the table it ends with, where ReSAM beats Direct SAM and Supervised beats both."""
     workdir = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "resam_jax.main", "--config", "configs/demo.py", "--workdir", str(workdir),
-         "--config.data.synthetic_images=8", "--config.train.num_epochs=1",
-         "--config.train.num_overlays=2"],
+        [sys.executable, "-m", "resam_jax.main", "--config", "configs/demo.py", "--workdir", str(workdir)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -242,18 +241,29 @@ def test_demo_command_writes_every_output(tmp_path):
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval"]
     assert len(evals) == 2 and {"iou", "f1", "precision", "recall"} <= evals[0].keys()
-    # The pretrained SAM finds the target objects and Refine keeps pixels: steps are taken.
-    assert evals[0]["iou"] > 0.1
     train_records = [r for r in records if r["kind"] == "train"]
     assert train_records and all(
         r["skipped"] < 1 and r["pseudo_label_kept_fraction"] > 0.5 for r in train_records
     )
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["24", "48", "72"]  # fmt: skip
     assert (workdir / "export" / "lora").is_dir()
     assert (workdir / "export" / "sam_merged" / "sam_checkpoint.json").is_file()
-    assert len(list((workdir / "overlays").glob("step_*/*.png"))) == 4
+    assert len(list((workdir / "overlays").glob("step_*/*.png"))) == 8
+    assert (workdir / "supervised" / "export" / "lora").is_dir()
     assert "RANDOMLY INITIALISED" not in result.stderr  # it starts from the packaged SAM
+
+    # The log ends with the three rows; IoU is the third column. Measured: Direct 47.2,
+    # ReSAM 50.4, Supervised 71.1; the margins asked for here are a third of those or less.
+    rows = result.stderr.rstrip().splitlines()[-3:]
+    labels = ("Direct SAM (step 0)", "resam epoch 3 (step 72)", "supervised epoch 3 (step 72)")
+    assert [row.startswith(label) for row, label in zip(rows, labels)] == [True] * 3, rows
+    direct, resam, supervised = (
+        float(row[len(label) :].split()[1]) for row, label in zip(rows, labels)
+    )
+    assert direct == pytest.approx(100 * evals[0]["iou"], abs=0.01) and direct > 10
+    assert resam > direct + 1, rows
+    assert supervised > resam + 5, rows
 
 
 @pytest.mark.slow

@@ -10,9 +10,9 @@ pipeline as a user's own data:
 
 Two styles draw the same scenes with a domain shift between them, standing in for "natural
 images -> remote sensing": "source" (clean, saturated, high-contrast colours; only used to
-pretrain the demo's tiny SAM, tools/pretrain_tiny_sam.py) and "target" (grey-brown ground with
-strong texture, low-contrast dull roofs and ships, SAR-like multiplicative speckle; what the
-demo adapts that SAM to).
+pretrain the demo's tiny SAM, tools/pretrain_tiny_sam.py) and "target" (the same palette seen
+through a worse sensor: washed-out colours, contrast cut to 0.7, strongly textured noisy
+ground, SAR-like multiplicative speckle; what the demo adapts that SAM to).
 """
 
 from __future__ import annotations
@@ -59,14 +59,14 @@ STYLES = {
         speckle=0.0,
     ),
     "target": SyntheticStyle(
-        ground_colours=((110, 120, 80), (140, 130, 100), (95, 110, 90)),
+        ground_colours=((80, 140, 60), (105, 155, 70), (125, 165, 85)),
         ground_texture=0.45,
         ground_noise=6.0,
-        water_colour=(70, 85, 95),
-        roof_colours=((180, 160, 140), (195, 190, 180), (145, 150, 160)),
-        ship_brightness=(170, 210),
+        water_colour=(30, 80, 170),
+        roof_colours=((220, 40, 40), (240, 200, 40), (40, 80, 220), (245, 245, 245)),
+        ship_brightness=(225, 256),
         saturation=0.6,
-        contrast=1.0,
+        contrast=0.7,
         speckle=0.15,
     ),
 }
