@@ -59,6 +59,8 @@ def main(argv):
         sys.exit(2)
     if config.data.synthetic_images and not result["preempted"]:
         print(NEXT_STEPS)
+        # The demo's last lines: its result (the same table as at the end of the log).
+        print(reporting.evaluation_table(result["evaluations"]))
 
 
 def _innermost_message(error: BaseException) -> str:
