@@ -13,18 +13,10 @@ import ml_collections
 from flax import nnx
 
 from resam_jax.metrics import binarize, confusion_counts
-from resam_jax.model import Sam, normalize_pixels, upsample_logits
+from resam_jax.model import Sam, decode_masks, normalize_pixels
 
 Batch = Mapping[str, jax.Array]
 PROMPTS = ("points", "boxes")
-
-
-def decode_masks(
-    model: Sam, embedding: jax.Array, image_size: int, **prompts: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """Single-mask decode upsampled to the input frame: (logits [B, N, S, S], IoU head [B, N])."""
-    logits, iou = model.decode(embedding, **prompts, multimask_output=False)
-    return upsample_logits(logits[:, :, 0], image_size), iou[:, :, 0]
 
 
 def batch_prompts(batch: Batch, prompt: str) -> dict[str, jax.Array]:

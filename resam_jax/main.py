@@ -27,16 +27,23 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
 flags.mark_flags_as_required(["config", "workdir"])
 
-NEXT_STEPS = """
-The demo adapted a tiny SAM, pretrained on clean synthetic scenes (tools/pretrain_tiny_sam.py), to
-speckled low-contrast synthetic scenes with ReSAM. To run the real benchmarks with SAM ViT-B:
-  1. SAM ViT-B weights: download https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth
-     python -m weights_convert.convert_sam --checkpoint sam_vit_b_01ec64.pth --output weights/sam_vit_b
-  2. NWPU VHR-10 (Images/ and Annotations/NWPU_instances_{train,val}.json) in data/NWPU:
-     python -m resam_jax.data.prepare --dataset nwpu_vhr10 --manual-dir data/NWPU --data-dir ~/tensorflow_datasets
-  3. python -m resam_jax.main --config configs/nwpu.py --workdir runs/nwpu
-     (configs/whu.py and configs/hrsid.py likewise; --config.method.mode=supervised|direct for the other rows)
-"""
+
+def next_steps() -> str:
+    """After the demo: how to run the real benchmarks (the help texts live with the code that
+    reads the weights and the data)."""
+    from resam_jax.data.builders import prepare_help
+    from resam_jax.model.checkpoint import conversion_help
+
+    return (
+        "\nThe demo adapted a tiny SAM, pretrained on clean synthetic scenes "
+        "(tools/pretrain_tiny_sam.py), to washed-out, speckled synthetic scenes with ReSAM. "
+        "To run the real benchmarks with SAM ViT-B:\n"
+        f"1. SAM ViT-B weights. {conversion_help('weights/sam_vit_b')}\n"
+        f"2. {prepare_help('nwpu_vhr10', 'default', '~/tensorflow_datasets', 'data/NWPU')}\n"
+        "3. python -m resam_jax.main --config configs/nwpu.py --workdir runs/nwpu\n"
+        "   (configs/whu.py and configs/hrsid.py likewise; --config.method.mode=supervised|direct "
+        "for the other rows)\n"
+    )
 
 
 def main(argv):
@@ -47,18 +54,19 @@ def main(argv):
     # Before anything touches a JAX backend.
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
-    from resam_jax import reporting, train
+    from resam_jax import run
+    from resam_jax.run import reporting
 
     reporting.quiet_library_logs()
     config = _CONFIG.value
     try:
-        result = train.train_and_evaluate(config, _WORKDIR.value)
-    except train.RunError as e:
+        result = run.train_and_evaluate(config, _WORKDIR.value)
+    except run.RunError as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if config.data.synthetic_images and not result["preempted"]:
-        print(NEXT_STEPS)
+        print(next_steps())
         # The demo's last lines: its result (the same table as at the end of the log).
         print(reporting.evaluation_table(result["evaluations"]))
 

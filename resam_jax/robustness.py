@@ -4,7 +4,7 @@ r"""Robustness sweep: a model on the clean evaluation split and under ImageNet-C
         [--severity 3] [--corruptions fog,snow,...] [--config.a.b=value ...]
 
 Evaluates config.model.checkpoint (a converted SAM: Direct SAM; or a run's export/sam_merged:
-the trained model) on config.data.eval_split as train.py evaluates (config.eval, over
+the trained model) on config.data.eval_split as a training run evaluates (config.eval, over
 config.eval.prompt_seeds point draws), once clean and once per corruption at --severity
 (data.corruption, resam_jax/data/corruptions.py; all 15 unless --corruptions names some), and
 writes to the workdir:
@@ -49,17 +49,18 @@ def parse_corruptions(text: str) -> list[str]:
 
 def sweep(config, workdir: str | Path, corruptions: list[str], severity: int) -> dict[str, Any]:
     """Scores of config's model, clean and per corruption; writes the three files to workdir."""
-    from resam_jax import parallel, train
+    from resam_jax import parallel
+    from resam_jax.run import Evaluator, setup
     from resam_jax.train_state import split_model
 
     if severity not in SEVERITIES:
-        raise train.RunError(f"--severity={severity}; expected an integer in 1-5")
+        raise setup.RunError(f"--severity={severity}; expected an integer in 1-5")
     workdir = Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = parallel.data_mesh()
-    data_dir, manual_dir = train.data_paths(config, workdir)
-    train.ensure_dataset(config, data_dir, manual_dir)
-    graphdef, lora, frozen = split_model(train.build_model(config))
+    data_dir, manual_dir = setup.data_paths(config, workdir)
+    setup.ensure_dataset(config, data_dir, manual_dir)
+    graphdef, lora, frozen = split_model(setup.build_model(config))
     lora, frozen = parallel.replicate(lora, mesh), parallel.replicate(frozen, mesh)
 
     rows: dict[str, dict[str, float]] = {}
@@ -68,9 +69,9 @@ def sweep(config, workdir: str | Path, corruptions: list[str], severity: int) ->
         variant = copy.deepcopy(config)
         variant.data.corruption = "" if name == CLEAN else name
         variant.data.corruption_severity = severity
-        data_config = train.host_data_config(variant, data_dir)
+        data_config = setup.host_data_config(variant, data_dir)
         if evaluator is None:
-            evaluator = train.Evaluator(graphdef, variant, data_config, mesh, workdir)
+            evaluator = Evaluator(graphdef, variant, data_config, mesh, workdir)
         else:
             evaluator.set_data(data_config)
         rows[name] = evaluator.scores(lora, frozen)
@@ -158,12 +159,12 @@ def main(argv):
     parallel.initialize_distributed(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     )
-    from resam_jax import reporting, train
+    from resam_jax.run import reporting, setup
 
     reporting.quiet_library_logs()
     try:
         result = sweep(FLAGS.config, FLAGS.workdir, names, _SEVERITY.value)
-    except train.RunError as e:
+    except setup.RunError as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -27,10 +27,9 @@ import ml_collections
 import optax
 from flax import nnx
 
-from resam_jax.evaluate import decode_masks
 from resam_jax.losses import segmentation_losses
 from resam_jax.metrics import masked_mean_iou
-from resam_jax.model import Sam, normalize_pixels
+from resam_jax.model import Sam, decode_masks, normalize_pixels
 from resam_jax.optim import learning_rate_schedule, make_optimizer, updates_applied
 from resam_jax.stages.refine import refine_masks
 from resam_jax.stages.reinforce import reinforce, ssa_weight

@@ -14,7 +14,7 @@ from resam_jax.data.prepare import prepare
 from resam_jax.data.synthetic import write_coco_dataset
 from resam_jax.evaluate import batch_prompts, predict_logits
 from resam_jax.model import load_sam, normalize_pixels
-from resam_jax.train import Evaluator
+from resam_jax.run import Evaluator
 from resam_jax.train_state import split_model
 from resam_jax.train_step import teacher_pseudo_labels
 

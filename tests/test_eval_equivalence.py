@@ -144,7 +144,7 @@ _COUNTS_CACHE: dict = {}
 
 
 def our_scores(models, batch, prompt: str, reduction="per_instance", pixel_norm="unit") -> dict:
-    """make_eval_step + ImageAveragedScores, as resam_jax.train.Evaluator runs them."""
+    """make_eval_step + ImageAveragedScores, as resam_jax.run.Evaluator runs them."""
     key = (prompt, pixel_norm)
     if key not in _COUNTS_CACHE:
         config = default_config()

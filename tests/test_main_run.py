@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 from ml_collections import config_flags
 
-from resam_jax import train
+from resam_jax import run
 from resam_jax.data.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_benchmark_configs_hold_the_public_settings_and_the_published_protocol(n
 
 def test_demo_config_loads():
     config = load_config("demo")
-    assert config.method.mode in train.MODES
+    assert config.method.mode in run.MODES
     assert config.eval.prompt_seeds == 1 and config.eval.reduction == "per_instance"
 
 
@@ -163,16 +163,16 @@ def test_cli_reports_a_bad_override_without_traceback(override, message):
 def test_missing_dataset_and_checkpoint_name_the_fix(tmp_path, synthetic_data):
     config = load_config("nwpu", f"--config.data.data_dir={tmp_path / 'tfds'}")
     with pytest.raises(
-        train.RunError, match=r"python -m resam_jax\.data\.prepare --dataset nwpu_vhr10"
+        run.RunError, match=r"python -m resam_jax\.data\.prepare --dataset nwpu_vhr10"
     ):
-        train.train_and_evaluate(config, tmp_path / "run")
+        run.train_and_evaluate(config, tmp_path / "run")
     config = small_config(synthetic_data)
     config.model.model_type = "vit_b"
     config.model.checkpoint = str(tmp_path / "weights" / "sam_vit_b")
     with pytest.raises(
-        train.RunError, match=r"sam_vit_b_01ec64\.pth.*\n.*weights_convert\.convert_sam"
+        run.RunError, match=r"sam_vit_b_01ec64\.pth.*\n.*weights_convert\.convert_sam"
     ):
-        train.train_and_evaluate(config, tmp_path / "run")
+        run.train_and_evaluate(config, tmp_path / "run")
 
 
 def _lora(workdir: Path):
@@ -190,24 +190,20 @@ def test_checkpoint_of_another_model_type_is_refused(tmp_path, synthetic_data):
     config = small_config(synthetic_data)
     config.model.model_type = "vit_b"
     config.model.checkpoint = str(DEMO_SAM_CHECKPOINT)
-    with pytest.raises(
-        train.RunError, match=r"holds SAM tiny, but config.model.model_type='vit_b'"
-    ):
-        train.train_and_evaluate(config, tmp_path / "run")
+    with pytest.raises(run.RunError, match=r"holds SAM tiny, but config.model.model_type='vit_b'"):
+        run.train_and_evaluate(config, tmp_path / "run")
 
 
 def test_resumed_run_matches_uninterrupted_run(tmp_path, synthetic_data):
     # 8 training images, global batch 2: 4 steps per epoch; stop after 3, resume to 6.
     steps = dict(num_epochs=2, log_every_steps=1, checkpoint_every_steps=3)
-    full = train.train_and_evaluate(small_config(synthetic_data, **steps), tmp_path / "full")
+    full = run.train_and_evaluate(small_config(synthetic_data, **steps), tmp_path / "full")
     assert full["steps"] == 8
 
     resumed_dir = tmp_path / "resumed"
-    first = train.train_and_evaluate(
-        small_config(synthetic_data, max_steps=3, **steps), resumed_dir
-    )
+    first = run.train_and_evaluate(small_config(synthetic_data, max_steps=3, **steps), resumed_dir)
     assert first["steps"] == 3
-    second = train.train_and_evaluate(small_config(synthetic_data, **steps), resumed_dir)
+    second = run.train_and_evaluate(small_config(synthetic_data, **steps), resumed_dir)
     assert second["steps"] == 8
 
     for a, b in zip(_lora(tmp_path / "full"), _lora(resumed_dir), strict=True):
@@ -286,7 +282,7 @@ def test_nwpu_config_trains_on_the_real_benchmark(nwpu_dir, tmp_path):
         "--config.train.max_steps=4",
         "--config.train.num_overlays=1",
     )
-    result = train.train_and_evaluate(config, tmp_path / "run")
+    result = run.train_and_evaluate(config, tmp_path / "run")
     assert result["steps"] == 4
     (direct_label, direct), (_, final) = result["evaluations"]
     assert direct_label.startswith("Direct SAM") and direct["images"] == final["images"] == 130
@@ -308,17 +304,17 @@ def test_resume_after_a_kill_logs_each_step_once_and_refuses_a_changed_config(
 
     workdir = tmp_path / "run"
     steps = dict(num_epochs=2, log_every_steps=1, checkpoint_every_steps=3, max_steps=4)
-    train.train_and_evaluate(small_config(synthetic_data, **steps), workdir)
+    run.train_and_evaluate(small_config(synthetic_data, **steps), workdir)
     shutil.rmtree(workdir / "checkpoints" / "4")  # as if killed before step 4 was saved
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["method.mode"] == "supervised" and saved["train.max_steps"] == 4
 
     changed = small_config(synthetic_data, **{**steps, "max_steps": 0})
     changed.method.focal_weight = 10.0
-    with pytest.raises(train.RunError, match=r"method.focal_weight: 20.0 -> 10.0"):
-        train.train_and_evaluate(changed, workdir)
+    with pytest.raises(run.RunError, match=r"method.focal_weight: 20.0 -> 10.0"):
+        run.train_and_evaluate(changed, workdir)
 
-    resumed = train.train_and_evaluate(
+    resumed = run.train_and_evaluate(
         small_config(synthetic_data, **{**steps, "max_steps": 0, "log_every_steps": 2}), workdir
     )
     assert resumed["steps"] == 8

@@ -22,7 +22,7 @@ WORKER = textwrap.dedent(
     if coordinator != "-":
         parallel.initialize_distributed(coordinator, 2, int(process_id))
     import jax
-    from resam_jax import train
+    from resam_jax import run
     spec = importlib.util.spec_from_file_location("demo", "configs/demo.py")
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
@@ -33,7 +33,7 @@ WORKER = textwrap.dedent(
     config.method.mode = "supervised"
     config.optim.warmup_steps = 0
     config.train.update(max_steps=2, eval_before_training=False, num_overlays=0, log_every_steps=1)
-    result = train.train_and_evaluate(config, workdir)
+    result = run.train_and_evaluate(config, workdir)
     assert jax.device_count() == int(sys.argv[8]), jax.devices()
     leaves = jax.tree_util.tree_leaves_with_path(result["lora"])
     np.savez(out, **{jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves})

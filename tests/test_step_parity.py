@@ -64,9 +64,8 @@ from flax import nnx
 from pycocotools import mask as mask_utils
 from sam_reference import attach_lora, demo_sam, torch_twin
 
-from resam_jax.evaluate import decode_masks
 from resam_jax.losses import segmentation_losses
-from resam_jax.model import normalize_pixels
+from resam_jax.model import decode_masks, normalize_pixels
 from resam_jax.stages.refine import refine_masks
 from resam_jax.train_state import create_train_state, split_model
 from resam_jax.train_step import default_config, make_train_step, teacher_pseudo_labels

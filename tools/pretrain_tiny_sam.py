@@ -37,10 +37,9 @@ from resam_jax.config import base_config
 from resam_jax.data import pipeline
 from resam_jax.data.prepare import prepare
 from resam_jax.data.synthetic import write_coco_dataset
-from resam_jax.evaluate import decode_masks
 from resam_jax.losses import segmentation_losses
-from resam_jax.model import Sam, normalize_pixels, sam_config, save_sam_params
-from resam_jax.train import Evaluator
+from resam_jax.model import Sam, decode_masks, normalize_pixels, sam_config, save_sam_params
+from resam_jax.run import Evaluator
 from resam_jax.train_state import split_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -304,12 +304,24 @@ def prepared_dir(data_dir: Path, dataset: str, config: str) -> Path:
     return Path(data_dir) / dataset / config / DATA_VERSION
 
 
+def prepare_help(
+    dataset: str, config: str, data_dir: str | Path, manual_dir: str | Path = "DIR"
+) -> str:
+    """Where to get a dataset and how to prepare it: the one place that says it."""
+    builder = BUILDERS.get(dataset)
+    where = f"{builder.DISPLAY_NAME}: {builder.MANUAL_DOWNLOAD_INSTRUCTIONS} " if builder else ""
+    return (
+        f"{where}Then run once:\n  python -m resam_jax.data.prepare --dataset {dataset} "
+        f"--config {config} --manual-dir {manual_dir} --data-dir {data_dir}"
+    )
+
+
 def load_prepared(data_dir: Path, dataset: str, config: str) -> tfds.core.DatasetBuilder:
     """A built dataset, read through the files alone (no registry lookup, no TensorFlow)."""
     path = prepared_dir(data_dir, dataset, config)
     if not (path / "dataset_info.json").is_file():
         raise DataError(
-            f"dataset {dataset}/{config} is not built: expected {path}; run python -m resam_jax.data.prepare "
-            f"--dataset {dataset} --config {config} --data-dir {data_dir} --manual-dir DIR"
+            f"dataset {dataset}/{config} is not built: expected {path}. "
+            + prepare_help(dataset, config, data_dir)
         )
     return tfds.builder_from_directory(path)

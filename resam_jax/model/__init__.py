@@ -6,6 +6,7 @@ from resam_jax.model.params import CheckpointMismatchError
 from resam_jax.model.sam import (
     PIXEL_NORMS,
     Sam,
+    decode_masks,
     normalize_pixels,
     postprocess_masks,
     upsample_logits,
@@ -18,6 +19,7 @@ __all__ = [
     "CheckpointMismatchError",
     "Sam",
     "SamConfig",
+    "decode_masks",
     "load_sam",
     "load_sam_params",
     "normalize_pixels",

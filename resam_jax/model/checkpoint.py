@@ -25,6 +25,23 @@ HEADER = "sam_checkpoint.json"
 FORMAT = "resam-jax/sam/1"
 
 
+# Meta's released SAM checkpoints (the segment-anything repository's model zoo).
+SAM_DOWNLOADS = {
+    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+}
+
+
+def conversion_help(directory: str | Path, model_type: str = "vit_b") -> str:
+    """How to get a converted checkpoint into `directory`: the one place that says it."""
+    url = SAM_DOWNLOADS.get(model_type, SAM_DOWNLOADS["vit_b"])
+    return (
+        f"Download {url}, then convert it once:\n  python -m weights_convert.convert_sam "
+        f"--checkpoint {url.rsplit('/', 1)[1]} --output {directory}"
+    )
+
+
 class CheckpointError(ValueError):
     """A checkpoint directory that cannot be read as a converted SAM checkpoint."""
 
@@ -56,8 +73,7 @@ def read_header(directory: str | Path) -> dict:
     if not header_path.is_file():
         raise CheckpointError(
             f"{directory} is not a converted SAM checkpoint: {header_path} is missing. "
-            "Convert Meta's .pth once with: python -m weights_convert.convert_sam "
-            f"--checkpoint sam_vit_b_01ec64.pth --output {directory}"
+            + conversion_help(directory)
         )
     try:
         header = json.loads(header_path.read_text())

@@ -111,3 +111,11 @@ class Sam(nnx.Module):
             multimask_output,
         )
         return logits.reshape(b, n, *logits.shape[1:]), iou.reshape(b, n, -1)
+
+
+def decode_masks(
+    model: Sam, embedding: jax.Array, image_size: int, **prompts: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Single-mask decode upsampled to the input frame: (logits [B, N, S, S], IoU head [B, N])."""
+    logits, iou = model.decode(embedding, **prompts, multimask_output=False)
+    return upsample_logits(logits[:, :, 0], image_size), iou[:, :, 0]
