@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             draw_overlay(image, masks, args.point, args.box).save(args.overlay)
     except PredictError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     scores = ", ".join(f"{s:.3f}" for s in iou)
     print(
         f"{len(masks)} mask(s) of {masks.shape[1]}x{masks.shape[2]} -> {args.output} (predicted IoU {scores})"

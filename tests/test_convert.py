@@ -40,7 +40,7 @@ def run_cli(*args):
 
 
 def assert_clean_failure(code, output, *fragments):
-    assert code != 0, output
+    assert code == 2, output
     assert "Traceback" not in output, output
     for fragment in fragments:
         assert fragment in output, output

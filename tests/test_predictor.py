@@ -167,6 +167,6 @@ def test_cli_errors_are_clear(setup, tmp_path, args, message):
     if "--checkpoint" not in args:
         args = ["--checkpoint", str(root / "ckpt"), *args]
     code, output = run_predict(*args, "--output", tmp_path / "out.npz")
-    assert code != 0 and "Traceback" not in output, output
+    assert code == 2 and "Traceback" not in output, output
     assert message in output, output
     assert not (tmp_path / "out.npz").exists()

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(convert(args.checkpoint, args.output.resolve(), args.model_type))
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 
