@@ -1,8 +1,9 @@
 """Full-size parity: SAM ViT-B at 1024x1024 from a reference state_dict, through the converter,
 to predictor outputs; ViT-L and ViT-H conversion round trips and block numerics.
 
-Bounds (issue 2): image embeddings max abs diff <= 1e-3, low-res logits <= 1e-2,
-IoU predictions <= 1e-3, binary masks differ on at most 0.01% of pixels.
+Bounds: about 10x what is measured on the project's CPU machines (embedding 1.4e-5, low-res
+logits 1.3e-6, IoU 3.7e-8, mask pixels 0.0002%): image embeddings max abs diff <= 1e-4, low-res
+logits <= 2e-5, IoU predictions <= 1e-6, binary masks differ on at most 0.002% of pixels.
 """
 
 import subprocess
@@ -82,7 +83,7 @@ def test_image_embedding(vit_b, jax_predictor):
     actual = np.asarray(jax_predictor.get_image_embedding()[0])
     diff = np.abs(actual - expected).max()
     print(f"vit_b image embedding max abs diff {diff:.2e} (|x| max {np.abs(expected).max():.2f})")
-    assert diff <= 1e-3
+    assert diff <= 1e-4
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
@@ -100,9 +101,9 @@ def test_predictions(vit_b, jax_predictor, prompt):
     print(
         f"{prompt}: low-res logits {logit_diff:.2e}, IoU {iou_diff:.2e}, mask pixels {100 * mask_diff:.4f}%"
     )
-    assert logit_diff <= 1e-2
-    assert iou_diff <= 1e-3
-    assert mask_diff <= 1e-4
+    assert logit_diff <= 2e-5
+    assert iou_diff <= 1e-6
+    assert mask_diff <= 2e-5
     assert 0.001 < masks.mean() < 0.999, "degenerate test: masks are all one value"
 
 
@@ -127,8 +128,8 @@ def test_predict_cli_writes_what_sam_predictor_returns(vit_b, tmp_path):
     assert set(saved.files) == {"masks", "iou_predictions", "low_res_logits"}
     for name, expected in (("masks", masks), ("iou_predictions", iou), ("low_res_logits", low_res)):
         assert saved[name].shape == expected.shape and saved[name].dtype == expected.dtype, name
-    assert (saved["masks"] != masks).mean() <= 1e-4
-    np.testing.assert_allclose(saved["iou_predictions"], iou, atol=1e-3)
+    assert (saved["masks"] != masks).mean() <= 2e-5
+    np.testing.assert_allclose(saved["iou_predictions"], iou, atol=1e-6)
     assert Image.open(overlay).size == (800, 600)
 
 
