@@ -324,3 +324,56 @@ def test_resume_after_a_kill_logs_each_step_once_and_refuses_a_changed_config(
     evaluations = [(r["step"], r["label"]) for r in records if r["kind"] == "eval"]
     assert [label for label, _ in resumed["evaluations"]] == [label for _, label in evaluations]
     assert [s for s, _ in evaluations] == [4, 8]  # epoch 1 (step 4, re-run) and epoch 2
+
+
+def test_sigterm_saves_a_checkpoint_and_the_resumed_run_continues_exactly(tmp_path, synthetic_data):
+    """A preempted VM gets SIGTERM: the run saves a checkpoint after the current step, stops
+    without exporting, and the same command resumes to the parameters of an uninterrupted run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    steps = dict(num_epochs=4, log_every_steps=1, checkpoint_every_steps=100, eval_every_epochs=4)
+    full = run.train_and_evaluate(small_config(synthetic_data, **steps), tmp_path / "full")
+    workdir = tmp_path / "preempted"
+
+    def terminate_after_step_2():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            log = workdir / "metrics.jsonl"
+            rows = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+            if any(r["kind"] == "train" and r["step"] >= 2 for r in rows):
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=terminate_after_step_2, daemon=True)
+    killer.start()
+    first = run.train_and_evaluate(small_config(synthetic_data, **steps), workdir)
+    killer.join()
+    assert first["preempted"] and 2 <= first["steps"] < full["steps"] == 16
+    assert (workdir / "checkpoints" / str(first["steps"])).is_dir()
+    assert not (workdir / "export").exists()
+
+    second = run.train_and_evaluate(small_config(synthetic_data, **steps), workdir)
+    assert second["steps"] == 16 and not second["preempted"]
+    for a, b in zip(_lora(tmp_path / "full"), _lora(workdir), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert [r["step"] for r in _train_records(workdir)] == list(range(1, 17))
+    # eval_every_epochs=4: one evaluation, after the 4th epoch (none after epochs 1-3).
+    assert [label for label, _ in second["evaluations"]] == ["supervised epoch 4 (step 16)"]
+
+    # export/lora holds exactly the trained LoRA.
+    def by_path(tree):
+        leaves = jax.tree_util.tree_leaves_with_path(tree)
+        return {
+            jax.tree_util.keystr(k).replace("'", "").removesuffix(".value"): np.asarray(v)
+            for k, v in leaves
+        }
+
+    trained = by_path(second["lora"])
+    exported = by_path(ocp.StandardCheckpointer().restore(workdir / "export" / "lora"))
+    assert trained.keys() == exported.keys() and len(trained) == 8
+    for name in trained:
+        np.testing.assert_array_equal(trained[name], exported[name], err_msg=name)
