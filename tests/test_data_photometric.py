@@ -104,11 +104,67 @@ def test_strong_augment_probability_and_determinism(probability):
     assert np.array_equal(a, image) == (probability == 0.0)
 
 
-def test_strong_augment_applies_each_transform_about_half_the_time():
-    image = _image(4, (16, 16, 3))
-    rng = np.random.default_rng(0)
-    unchanged = sum(
-        np.array_equal(photometric.strong_augment(image, rng), image) for _ in range(400)
+def test_strong_augment_applies_each_transform_independently_with_its_probability(
+    monkeypatch,
+):
+    """Each of the six transforms fires with probability 0.5 (albumentations' default),
+    independently of the others and in the public order."""
+    names = ["posterize", "equalize", "sharpen", "solarize", "brightness_contrast", "random_shadow"]
+    calls: list[str] = []
+    for name in names:
+        monkeypatch.setattr(
+            photometric, name, lambda image, *a, _name=name, **k: calls.append(_name) or image
+        )
+    rng, fired = np.random.default_rng(0), []
+    for _ in range(4000):
+        calls.clear()
+        photometric.strong_augment(_image(4, (4, 4, 3)), rng)
+        assert calls == [n for n in names if n in calls]  # the public order
+        fired.append([n in calls for n in names])
+    fired = np.array(fired)
+    np.testing.assert_allclose(fired.mean(axis=0), 0.5, atol=0.03)
+    both = (fired[:, :, None] & fired[:, None, :]).mean(axis=0)
+    off_diagonal = both[~np.eye(len(names), dtype=bool)]
+    np.testing.assert_allclose(off_diagonal, 0.25, atol=0.03)  # independent pairs
+
+
+# Against albumentations itself (the public code's library), with the parameters pinned.
+A = pytest.importorskip("albumentations")
+
+
+def _albumentations(transform, image):
+    return transform(image=image)["image"]
+
+
+def test_posterize_equalize_solarize_equal_albumentations():
+    image = _image(5, (37, 53, 3))
+    np.testing.assert_array_equal(
+        photometric.posterize(image, bits=4),
+        _albumentations(A.Posterize(num_bits=(4, 4), p=1), image),
     )
-    # All six skipped: 1/64 of the draws.
-    assert 0 < unchanged < 20
+    np.testing.assert_array_equal(
+        photometric.equalize(image), _albumentations(A.Equalize(p=1), image)
+    )
+    np.testing.assert_array_equal(
+        photometric.solarize(image, threshold=128), _albumentations(A.Solarize(p=1), image)
+    )
+
+
+@pytest.mark.parametrize(("contrast", "brightness"), [(0.15, 0.1), (-0.2, -0.2), (0.2, 0.05)])
+def test_brightness_contrast_equals_albumentations(contrast, brightness):
+    image = _image(6, (37, 53, 3))
+    transform = A.RandomBrightnessContrast(
+        brightness_limit=(brightness, brightness), contrast_limit=(contrast, contrast), p=1
+    )
+    np.testing.assert_array_equal(
+        photometric.brightness_contrast(image, contrast=1 + contrast, brightness=brightness),
+        _albumentations(transform, image),
+    )
+
+
+def test_sharpen_equals_albumentations_inside_the_one_pixel_border():
+    image = _image(7, (37, 53, 3))
+    ours = photometric.sharpen(image, alpha=0.3, lightness=0.8).astype(int)
+    theirs = _albumentations(A.Sharpen(alpha=(0.3, 0.3), lightness=(0.8, 0.8), p=1), image)
+    # OpenCV rounds once after the float filter, PIL per channel in fixed point: 1 grey level.
+    assert np.abs(ours[1:-1, 1:-1] - theirs[1:-1, 1:-1]).max() <= 1

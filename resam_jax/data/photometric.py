@@ -62,8 +62,9 @@ def equalize(image: np.ndarray) -> np.ndarray:
             out[..., c] = first  # a flat channel stays as it is
             continue
         # OpenCV maps the lowest occupied level to 0 and spreads the remaining mass over 0..255.
-        scale = 255.0 / (channel.size - hist[first])
-        lut = np.rint((np.cumsum(hist) - hist[first]) * scale)
+        # In float32, as OpenCV computes the table (float64 rounds a few levels differently).
+        scale = np.float32(255.0) / np.float32(channel.size - hist[first])
+        lut = np.rint((np.cumsum(hist) - hist[first]).astype(np.float32) * scale)
         lut[: first + 1] = 0
         out[..., c] = _apply_lut(channel, np.clip(lut, 0, 255))
     return out
