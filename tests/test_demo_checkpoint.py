@@ -68,6 +68,7 @@ def test_packaged_sam_segments_target_scenes_from_points(tmp_path, target_scenes
 def test_requery_pseudo_labels_beat_point_masks_on_target_scenes(target_scenes):
     model = load_sam(DEMO_SAM_CHECKPOINT, lora_start_layer=0)
     config = base_config()
+    config.model.pixel_norm = "sam"  # how tools/pretrain_tiny_sam.py trained it
 
     @jax.jit
     def masks(batch):

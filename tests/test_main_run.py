@@ -303,7 +303,9 @@ def test_resume_after_a_kill_logs_each_step_once_and_refuses_a_changed_config(
     import shutil
 
     workdir = tmp_path / "run"
-    steps = dict(num_epochs=2, log_every_steps=1, checkpoint_every_steps=3, max_steps=4)
+    steps = dict(
+        num_epochs=2, log_every_steps=1, checkpoint_every_steps=3, max_steps=4, eval_every_epochs=1
+    )
     run.train_and_evaluate(small_config(synthetic_data, **steps), workdir)
     shutil.rmtree(workdir / "checkpoints" / "4")  # as if killed before step 4 was saved
     saved = json.loads((workdir / "config.json").read_text())
