@@ -6,15 +6,9 @@ Needs weights/sam_vit_b (python -m weights_convert.convert_sam --checkpoint sam_
 --output weights/sam_vit_b) and the prepared dataset (python -m resam_jax.data.prepare
 --dataset hrsid --config inshore --manual-dir data/HRSID --data-dir ~/tensorflow_datasets).
 
-Protocol: the published one by default (docs/method.md sections 3-5 and 9): per-instance IoU/F1
-averaged within each image then over images (eval.reduction="per_instance"), logits
-thresholded at 0.5, [0,1] pixel input (model.pixel_norm="unit"), 1 positive + 1 negative point
-per instance with negatives over the whole padded frame (data.negative_points="frame"),
-photometric augmentations before the resize (data.strong_before_resize=True), IoU-head target on
-logits >= 0.5 (method.iou_target_on="logits"), the public loss watcher (method.outlier_rule=
-"public"); evaluation repeated over eval.prompt_seeds=3 point draws (mean and std). The public
-code's three bugs stay fixed (SSA with gradient, slot-aligned Requery, one weak encoding); its SSA
-never trained anything: --config.method.ssa_max_weight=0 gives the gradients it trained with.
+Protocol: the published one, as every field of resam_jax/config.py's base_config defaults to
+(docs/method.md section 9 lists each switch and its alternative); SSA keeps its gradient
+(--config.method.ssa_max_weight=0 gives the gradients the public runs trained with).
 Other rows: --config.method.mode=supervised | direct.
 """
 

@@ -31,7 +31,16 @@ DEMO_SAM_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "sam_tiny_dem
 
 def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by all configs: ReSAM on SAM ViT-B at 1024 under the published protocol
-    (docs/method.md sections 3-5; the switches are listed in section 9)."""
+    (docs/method.md sections 3-5; section 9 lists the switches): per-instance IoU/F1 averaged
+    within each image then over images (eval.reduction="per_instance"), logits thresholded at
+    0.5, [0,1] pixel input (model.pixel_norm="unit"), 1 positive + 1 negative point per instance
+    with negatives over the whole padded frame (data.negative_points="frame"), photometric
+    augmentations before the resize (data.strong_before_resize=True), IoU-head target on logits
+    >= 0.5 (method.iou_target_on="logits"), the public loss watcher (method.outlier_rule=
+    "public"); evaluation repeated over eval.prompt_seeds=3 point draws (mean and std). The
+    public code's three bugs stay fixed (SSA with gradient, slot-aligned Requery, one weak
+    encoding).
+    """
     config = default_config()
     config.seed = 1337
 

@@ -11,6 +11,7 @@ from functools import partial
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from flax import nnx
 from segment_anything.modeling import (
     ImageEncoderViT,
@@ -226,3 +227,22 @@ def attach_lora(reference, model) -> dict[tuple, torch.nn.Parameter]:
         linear.weight.requires_grad_(True)
         params[path] = linear.weight
     return params
+
+
+def public_forward(sam, images, prompt):
+    """utils/model.py Model.forward for one image: encode, single-mask decode, bilinear to the
+    input frame; a tensor prompt is boxes, a tuple is (points, labels)."""
+    embedding = sam.image_encoder(images)
+    if isinstance(prompt, torch.Tensor):
+        sparse, dense = sam.prompt_encoder(points=None, boxes=prompt, masks=None)
+    else:
+        sparse, dense = sam.prompt_encoder(points=prompt, boxes=None, masks=None)
+    low_res, iou = sam.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )
+    masks = F.interpolate(low_res, images.shape[-2:], mode="bilinear", align_corners=False)
+    return embedding, masks[:, 0], iou

@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from data_fixtures import nwpu_real_dir
 from pycocotools.coco import COCO
-from sam_reference import demo_sam, torch_twin
+from sam_reference import demo_sam, public_forward, torch_twin
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from resam_jax.data.builders import load_prepared
@@ -217,23 +217,6 @@ def resize_and_pad(image, masks, bboxes):
     return image, masks, bboxes, (pad_h, pad_w)
 
 
-def public_forward(sam, images, prompt):
-    """utils/model.py Model.forward for one image: (pred_masks [N, S, S] logits)."""
-    embedding = sam.image_encoder(images)
-    if isinstance(prompt, torch.Tensor):
-        sparse, dense = sam.prompt_encoder(points=None, boxes=prompt, masks=None)
-    else:
-        sparse, dense = sam.prompt_encoder(points=prompt, boxes=None, masks=None)
-    low_res, _ = sam.mask_decoder(
-        image_embeddings=embedding,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-    )
-    return F.interpolate(low_res, images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-
-
 _PUBLIC_CACHE: dict = {}
 
 
@@ -266,7 +249,7 @@ def public_validate(models, data, prompt: str, gt: str = "public") -> dict:
                 torch.from_numpy(batch["points"][b, :n]),
                 torch.from_numpy(batch["point_labels"][b, :n]),
             )
-        pred_masks = public_forward(sam, image[None], prompts)
+        _, pred_masks, _ = public_forward(sam, image[None], prompts)
         if gt == "public":
             gt_masks = torch.stack(masks).float()
         else:

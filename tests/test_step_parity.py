@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from data_fixtures import nwpu_real_dir
 from flax import nnx
 from pycocotools import mask as mask_utils
-from sam_reference import attach_lora, demo_sam, torch_twin
+from sam_reference import attach_lora, demo_sam, public_forward, torch_twin
 
 from resam_jax.losses import segmentation_losses
 from resam_jax.model import decode_masks, normalize_pixels
@@ -165,25 +165,6 @@ def setup():
 
 
 # --------------------------------------------------------------------------- the public step
-
-
-def public_forward(sam, images, prompt):
-    """utils/model.py Model.forward for one image: encode, single-mask decode, bilinear to the
-    input frame; a tensor prompt is boxes, a tuple is (points, labels)."""
-    embedding = sam.image_encoder(images)
-    if isinstance(prompt, torch.Tensor):
-        sparse, dense = sam.prompt_encoder(points=None, boxes=prompt, masks=None)
-    else:
-        sparse, dense = sam.prompt_encoder(points=prompt, boxes=None, masks=None)
-    low_res, iou = sam.mask_decoder(
-        image_embeddings=embedding,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-    )
-    masks = F.interpolate(low_res, images.shape[-2:], mode="bilinear", align_corners=False)
-    return embedding, masks[:, 0], iou
 
 
 def focal_loss(inputs, targets, alpha=0.8, gamma=2):  # utils/losses.py FocalLoss
