@@ -1,0 +1,77 @@
+"""The study runner end to end on the synthetic dataset: rows as overrides, corruptions, the
+three outputs, resuming a finished study without running anything again, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import PIL.Image
+import pytest
+
+from resam_jax.study import CLEAN, ROWS, parse_names, row_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(workdir, synthetic_data, *args: str) -> subprocess.CompletedProcess:
+    manual_dir, data_dir = synthetic_data
+    return subprocess.run(
+        [sys.executable, "-m", "resam_jax.study", "--config=configs/demo.py",
+         f"--workdir={workdir}", f"--config.data.manual_dir={manual_dir}",
+         f"--config.data.data_dir={data_dir}", "--config.data.synthetic_images=8",
+         "--config.train.num_epochs=1", "--config.train.eval_every_epochs=1",
+         "--config.train.compare_with_supervised=False", "--config.train.num_overlays=0",
+         "--config.data.batch_size=4", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+
+
+def test_rows_are_the_papers_rows_as_overrides():
+    from test_main_run import load_config
+
+    config = load_config("demo")
+    refine = row_config(config, "refine_only", "fog")
+    assert (refine.method.requery, refine.method.ssa_max_weight) == (False, 0.0)
+    assert refine.data.corruption == "fog"
+    assert row_config(config, "resam", CLEAN).data.corruption == ""
+    assert row_config(config, "supervised", CLEAN).method.mode == "supervised"
+    assert config.method.requery is True and config.data.corruption == ""  # untouched
+    assert list(ROWS)[0] == "direct" and "resam" in ROWS
+
+
+def test_study_writes_results_table_and_plot_and_resumes(tmp_path, synthetic_data):
+    workdir = tmp_path / "study"
+    args = ("--rows=direct,refine_only,resam", "--corruptions=clean,gaussian_noise")
+    result = _run(workdir, synthetic_data, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert list(results) == ["clean", "gaussian_noise"]
+    for rows in results.values():
+        assert list(rows) == ["direct", "refine_only", "resam"]
+        assert rows["direct"]["steps"] == 0 and rows["resam"]["steps"] == 2
+        # Direct SAM, then one evaluation per epoch.
+        assert len(rows["direct"]["iou_per_epoch"]) == 1
+        assert len(rows["resam"]["iou_per_epoch"]) == 2
+        assert rows["resam"]["pseudo_labels"]  # the per-epoch diagnostics
+        assert rows["resam"]["iou_per_epoch"][0][1] == pytest.approx(rows["direct"]["final"]["iou"])
+    # The corruption reaches the data: Direct SAM scores differ from the clean ones.
+    assert results["clean"]["direct"]["final"] != results["gaussian_noise"]["direct"]["final"]
+    table = (workdir / "results.md").read_text()
+    assert "### gaussian_noise" in table and "| Refine only |" in table
+    with PIL.Image.open(workdir / "iou_per_epoch.png") as image:
+        assert image.width > 600
+
+    # Finished rows are read back, not run again.
+    again = _run(workdir, synthetic_data, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "study: clean / resam" in again.stderr and "training:" not in again.stderr
+    assert json.loads((workdir / "results.json").read_text()) == results
+
+
+def test_unknown_row_or_corruption_is_a_one_line_error(tmp_path, synthetic_data):
+    with pytest.raises(ValueError, match="unknown resmu"):
+        parse_names("direct,resmu", list(ROWS), "rows")
+    result = _run(tmp_path / "s", synthetic_data, "--corruptions=clean,fgo")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "unknown fgo" in result.stderr and "gaussian_noise" in result.stderr
