@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from data_fixtures import hrsid_release, nwpu_release, whu_release
 
+from resam_jax.data import pipeline
 from resam_jax.data.coco import DataError
 from resam_jax.data.pipeline import (
     DataConfig,
@@ -255,3 +256,33 @@ def test_records_that_disagree_with_the_metadata_are_refused(data_dir, tmp_path)
     metadata_file.write_text(json.dumps(metadata))
     with pytest.raises(DataError, match="record 0 holds image 200, its metadata says 201"):
         _batches(_config(copy, dataset="whu_building"), "val", train=False)
+
+
+def test_train_image_halves_split_the_training_images(data_dir):
+    """first_half and second_half train on disjoint halves of the images (whole images, every
+    chunk), which together are the split; evaluation is not restricted."""
+    from resam_jax.data.pipeline import train_image_halves
+
+    first, second = train_image_halves([5, 3, 9, 1, 7])
+    assert len(first) == 3 and len(second) == 2 and not set(first) & set(second)
+    assert sorted([*first, *second]) == [1, 3, 5, 7, 9]
+    np.testing.assert_array_equal(train_image_halves([9, 7, 5, 3, 1])[0], first)  # order-free
+
+    seen = {}
+    for half in ("first_half", "second_half", "all"):
+        config = _config(data_dir, batch_size=1, train_images=half)
+        rows = pipeline.host_samples(config, "train", train=True, shard_index=0, shard_count=1)
+        seen[half] = set(rows[:, 0].tolist())
+    assert seen["first_half"] and seen["second_half"]
+    assert not seen["first_half"] & seen["second_half"]
+    assert seen["first_half"] | seen["second_half"] == seen["all"]
+    evaluation = pipeline.host_samples(
+        _config(data_dir, batch_size=1, train_images="first_half"), "val", train=False,
+        shard_index=0, shard_count=1,
+    )  # fmt: skip
+    full = pipeline.host_samples(
+        _config(data_dir, batch_size=1), "val", train=False, shard_index=0, shard_count=1
+    )
+    np.testing.assert_array_equal(evaluation, full)
+    with pytest.raises(ValueError, match="train_images"):
+        _config(data_dir, train_images="half")

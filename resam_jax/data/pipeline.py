@@ -55,9 +55,16 @@ class DataConfig(ViewConfig):
     worker_count: int = 0  # grain worker processes; 0 works in the calling process
     read_threads: int = 2  # threads per process producing batches
     prefetch_batches: int = 2  # batches buffered per process
+    # Which training images to use: all, or one half of them (a seeded split of the image ids,
+    # train_image_halves): the study pretrains SAM on one half and adapts it on the other.
+    train_images: str = "all"  # "all" | "first_half" | "second_half"
 
     def __post_init__(self):
         super().__post_init__()
+        if self.train_images not in TRAIN_IMAGES:
+            raise ValueError(
+                f"train_images must be one of {TRAIN_IMAGES}, got {self.train_images!r}"
+            )
         for name in ("batch_size", "read_threads", "prefetch_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -72,6 +79,21 @@ class DataConfig(ViewConfig):
         if unknown:
             raise ValueError(f"unknown data config fields: {sorted(unknown)}")
         return cls(**values)
+
+
+TRAIN_IMAGES = ("all", "first_half", "second_half")
+# The halves must not move with the run's seed: a fixed seed of their own.
+_HALVES_SEED = 0
+
+
+def train_image_halves(image_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(first half, second half) of a split's image ids, each sorted: a permutation of the
+    sorted ids with a fixed seed, so the halves depend on the ids alone (not on the record
+    order, the run seed or the number of hosts). The first half has ceil(n / 2) images."""
+    ids = np.unique(np.asarray(image_ids, np.int64))
+    order = np.random.default_rng(_HALVES_SEED).permutation(len(ids))
+    cut = (len(ids) + 1) // 2
+    return np.sort(ids[order[:cut]]), np.sort(ids[order[cut:]])
 
 
 def chunk_index(num_instances: Sequence[int], max_instances: int) -> np.ndarray:
@@ -106,6 +128,11 @@ def host_samples(
     """
     meta = _split_metadata(config, split)
     rows = chunk_index(meta["num_instances"], config.max_instances)
+    if train and config.train_images != "all":
+        first, second = train_image_halves(meta["image_ids"])
+        wanted = first if config.train_images == "first_half" else second
+        image_ids = np.asarray(meta["image_ids"], np.int64)
+        rows = rows[np.isin(image_ids[rows[:, 0]], wanted)]
     owner = rows[:, 0] % shard_count
     per_host = int(np.bincount(owner, minlength=shard_count).max())
     mine = rows[owner == shard_index]
