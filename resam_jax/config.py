@@ -1,9 +1,10 @@
 """The run configuration every configs/*.py starts from.
 
-Sections and who reads them:
+The bottom of the package: it imports ml_collections and the data schema
+(resam_jax/data/config.py) only, and every layer above reads from it. Sections and who reads
+them:
     method, optim, eval, model.pixel_norm, train.num_epochs   the train and eval steps
-                                            (resam_jax.train_step.default_config holds their defaults)
-    data       resam_jax.data.pipeline.DataConfig, plus the run-only keys in RUN_DATA_KEYS
+    data       resam_jax.data.config.DataConfig, plus the run-only keys in RUN_DATA_KEYS
     model      which SAM and which LoRA; model.checkpoint is a converted SAM directory
     train      the loop: length, logging, checkpoints, evaluation, overlays
 
@@ -18,8 +19,7 @@ from pathlib import Path
 
 import ml_collections
 
-from resam_jax.data.pipeline import DataConfig
-from resam_jax.train_step import default_config
+from resam_jax.data.config import DataConfig
 
 # Keys of config.data that the run reads itself; the others are DataConfig fields.
 RUN_DATA_KEYS = ("manual_dir", "train_split", "eval_split", "synthetic_images", "synthetic_style")
@@ -27,6 +27,47 @@ RUN_DATA_KEYS = ("manual_dir", "train_split", "eval_split", "synthetic_images", 
 # The tiny SAM shipped with the package for the demo (tools/pretrain_tiny_sam.py made it),
 # found next to the code so the demo runs from any working directory.
 DEMO_SAM_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "sam_tiny_demo"
+
+
+def _step_config() -> ml_collections.ConfigDict:
+    """The fields the train and eval steps read (resam_jax.train_step, resam_jax.evaluate)."""
+    config = ml_collections.ConfigDict()
+    config.method = ml_collections.ConfigDict(
+        dict(
+            mode="resam",  # "resam" | "supervised" | "direct"
+            refine_threshold=0.3,  # keep pixel if p * (1 - H) > threshold
+            requery=True,  # False: train on the refined masks ("Refine only" ablation)
+            ema_rate=0.0,  # teacher LoRA EMA; 0 = the current student (public code)
+            focal_alpha=0.8,
+            focal_gamma=2.0,
+            focal_weight=20.0,
+            dice_weight=1.0,
+            iou_weight=1.0,
+            ssa_form="matched",  # "matched" (public code) | "softmax" (paper v1)
+            ssa_tau=0.05,  # softmax form only
+            ssa_queue_size=32,
+            ssa_max_weight=4.0,  # beta(e) = ssa_max_weight / (1 + exp(-(e - (E + 1) / 2)))
+            outlier_factor=4.0,
+            outlier_window=50,
+            outlier_rule="public",  # "public" (LossWatcher) | "accepted"; train_state.LossWindow
+            iou_target_on="logits",  # IoU-head target: logits >= 0.5 (public) | "probs"
+        )
+    )
+    config.optim = ml_collections.ConfigDict(
+        dict(lr=5e-4, weight_decay=1e-4, warmup_steps=250, milestones=(2000, 4000), decay=0.1)
+    )
+    config.train = ml_collections.ConfigDict(dict(num_epochs=10))
+    # [0, 1] RGB, no mean/std (what the public code feeds SAM) | "sam" (SAM's normalisation)
+    config.model = ml_collections.ConfigDict(dict(pixel_norm="unit"))
+    config.eval = ml_collections.ConfigDict(
+        dict(
+            prompt="points",  # "points" | "boxes"
+            threshold_on="logits",  # "logits" (public code) | "probs"
+            reduction="per_instance",  # "per_instance" (published numbers) | "pooled"
+            prompt_seeds=3,  # evaluations over this many point draws: mean and std
+        )
+    )
+    return config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -41,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
     public code's three bugs stay fixed (SSA with gradient, slot-aligned Requery, one weak
     encoding).
     """
-    config = default_config()
+    config = _step_config()
     config.seed = 1337
 
     # The loop counts epochs itself (DataConfig.num_epochs stays None: repeat), and

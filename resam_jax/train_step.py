@@ -40,47 +40,6 @@ Batch = Mapping[str, jax.Array]
 TrainStep = Callable[[TrainState, nnx.State, Batch], tuple[TrainState, dict[str, jax.Array]]]
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """Defaults of every field the train and eval steps read; configs/*.py start from these."""
-    config = ml_collections.ConfigDict()
-    config.method = ml_collections.ConfigDict(
-        dict(
-            mode="resam",  # "resam" | "supervised" | "direct"
-            refine_threshold=0.3,  # keep pixel if p * (1 - H) > threshold
-            requery=True,  # False: train on the refined masks ("Refine only" ablation)
-            ema_rate=0.0,  # teacher LoRA EMA; 0 = the current student (public code)
-            focal_alpha=0.8,
-            focal_gamma=2.0,
-            focal_weight=20.0,
-            dice_weight=1.0,
-            iou_weight=1.0,
-            ssa_form="matched",  # "matched" (public code) | "softmax" (paper v1)
-            ssa_tau=0.05,  # softmax form only
-            ssa_queue_size=32,
-            ssa_max_weight=4.0,  # beta(e) = ssa_max_weight / (1 + exp(-(e - (E + 1) / 2)))
-            outlier_factor=4.0,
-            outlier_window=50,
-            outlier_rule="public",  # "public" (LossWatcher) | "accepted"; train_state.LossWindow
-            iou_target_on="logits",  # IoU-head target: logits >= 0.5 (public) | "probs"
-        )
-    )
-    config.optim = ml_collections.ConfigDict(
-        dict(lr=5e-4, weight_decay=1e-4, warmup_steps=250, milestones=(2000, 4000), decay=0.1)
-    )
-    config.train = ml_collections.ConfigDict(dict(num_epochs=10))
-    # [0, 1] RGB, no mean/std (what the public code feeds SAM) | "sam" (SAM's normalisation)
-    config.model = ml_collections.ConfigDict(dict(pixel_norm="unit"))
-    config.eval = ml_collections.ConfigDict(
-        dict(
-            prompt="points",  # "points" | "boxes"
-            threshold_on="logits",  # "logits" (public code) | "probs"
-            reduction="per_instance",  # "per_instance" (published numbers) | "pooled"
-            prompt_seeds=3,  # evaluations over this many point draws: mean and std
-        )
-    )
-    return config
-
-
 class PseudoLabels(NamedTuple):
     weak_embedding: jax.Array  # [B, E, E, C] teacher embedding of the weak view
     point_masks: jax.Array  # bool [B, N, S, S] point-prompted teacher masks (logit > 0)
@@ -127,7 +86,7 @@ def make_train_step(
 
     Args:
         graphdef: from resam_jax.train_state.split_model.
-        config: see default_config.
+        config: the run configuration (resam_jax.config.base_config).
         steps_per_epoch: the epoch (which drives the SSA weight) is derived from the step count.
     """
     method = config.method

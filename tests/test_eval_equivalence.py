@@ -70,13 +70,13 @@ from pycocotools.coco import COCO
 from sam_reference import demo_sam, public_forward, torch_twin
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from resam_jax.config import base_config
 from resam_jax.data.builders import load_prepared
 from resam_jax.data.pipeline import DataConfig, make_dataset
 from resam_jax.data.prepare import prepare
 from resam_jax.evaluate import make_eval_step
 from resam_jax.metrics import SCORE_NAMES, ImageAveragedScores
 from resam_jax.train_state import split_model
-from resam_jax.train_step import default_config
 
 pytestmark = [
     pytest.mark.skipif(
@@ -147,7 +147,7 @@ def our_scores(models, batch, prompt: str, reduction="per_instance", pixel_norm=
     """make_eval_step + ImageAveragedScores, as resam_jax.run.Evaluator runs them."""
     key = (prompt, pixel_norm)
     if key not in _COUNTS_CACHE:
-        config = default_config()
+        config = base_config()
         config.eval.prompt = prompt
         config.model.pixel_norm = pixel_norm
         graphdef, lora, frozen = split_model(models[0])

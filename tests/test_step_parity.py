@@ -64,11 +64,12 @@ from flax import nnx
 from pycocotools import mask as mask_utils
 from sam_reference import attach_lora, demo_sam, public_forward, torch_twin
 
+from resam_jax.config import base_config
 from resam_jax.losses import segmentation_losses
 from resam_jax.model import decode_masks, normalize_pixels
 from resam_jax.stages.refine import refine_masks
 from resam_jax.train_state import create_train_state, split_model
-from resam_jax.train_step import default_config, make_train_step, teacher_pseudo_labels
+from resam_jax.train_step import make_train_step, teacher_pseudo_labels
 
 IMAGE_SIZE = 128
 NWPU_IMAGE = "015.jpg"  # 7 instances of 2000..3000 px: ~20 px across at 128, all kept by Requery
@@ -261,7 +262,7 @@ def public_step(sam, lora_params, batch) -> dict:
 
 
 def our_config():
-    config = default_config()
+    config = base_config()
     config.method.update(ssa_max_weight=0.0, focal_weight=FOCAL_W, dice_weight=DICE_W)
     config.method.iou_weight = IOU_W
     config.optim.update(lr=LR, weight_decay=WEIGHT_DECAY, warmup_steps=0)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from resam_jax.config import base_config
 from resam_jax.model import Sam, sam_config
 from resam_jax.train_state import create_train_state, split_model
-from resam_jax.train_step import default_config, make_train_step
+from resam_jax.train_step import make_train_step
 
 IMAGE_SIZE = 64
 NUM_INSTANCES = 3  # the last slot is padding
@@ -67,7 +68,7 @@ def make_model() -> Sam:
 
 
 def make_config(**method):
-    config = default_config()
+    config = base_config()
     config.optim.update(lr=1e-2, warmup_steps=0)
     config.method.update(ssa_queue_size=4, ema_rate=0.5)
     config.method.update(method)

@@ -42,24 +42,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage, signal
 
-CORRUPTIONS = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
-SEVERITIES = (1, 2, 3, 4, 5)
+from resam_jax.data.config import CORRUPTIONS, SEVERITIES  # noqa: F401 (re-exported)
+
 FROST_DIR = Path(__file__).resolve().parent.parent / "assets" / "frost"
 FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
 _SALT = 0x5E5A4D  # keeps these streams apart from the pipeline's own seeds

@@ -18,7 +18,10 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFilter
 
-STRONG_PROBABILITY = 0.5
+from resam_jax.data.config import ViewConfig
+
+# albumentations' default probability of each transform (one definition: the data config's).
+STRONG_PROBABILITY = ViewConfig.strong_probability
 
 
 def strong_augment(

@@ -20,7 +20,6 @@ Pixel normalisation is left to the device (see resam_jax.model.normalize_pixels)
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,56 +31,14 @@ from absl import flags
 
 from resam_jax.data.builders import load_prepared
 from resam_jax.data.coco import DataError
+from resam_jax.data.config import TRAIN_IMAGES, DataConfig  # noqa: F401 (re-exported)
 from resam_jax.data.views import (
-    ViewConfig,
     empty_sample,
     make_sample,
     paste_masks,
     stack_samples,
 )
 
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig(ViewConfig):
-    """Where samples come from and how they are batched; the ViewConfig fields say how each
-    sample is made."""
-
-    dataset: str = "nwpu_vhr10"  # nwpu_vhr10 | whu_building | hrsid | coco_instances
-    # hrsid: inshore | offshore | all; coco_instances: the name it was built with
-    dataset_config: str = "default"
-    data_dir: str = "~/tensorflow_datasets"
-    batch_size: int = 1  # per host
-    num_epochs: int | None = None  # training passes; None repeats until the trainer stops
-    worker_count: int = 0  # grain worker processes; 0 works in the calling process
-    read_threads: int = 2  # threads per process producing batches
-    prefetch_batches: int = 2  # batches buffered per process
-    # Which training images to use: all, or one half of them (a seeded split of the image ids,
-    # train_image_halves): the study pretrains SAM on one half and adapts it on the other.
-    train_images: str = "all"  # "all" | "first_half" | "second_half"
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.train_images not in TRAIN_IMAGES:
-            raise ValueError(
-                f"train_images must be one of {TRAIN_IMAGES}, got {self.train_images!r}"
-            )
-        for name in ("batch_size", "read_threads", "prefetch_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.worker_count < 0:
-            raise ValueError(f"worker_count must be >= 0, got {self.worker_count}")
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> DataConfig:
-        """From an ml_collections.ConfigDict (`.to_dict()`) or a plain dict; unknown keys are an error."""
-        values = dict(values.to_dict() if hasattr(values, "to_dict") else values)
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown data config fields: {sorted(unknown)}")
-        return cls(**values)
-
-
-TRAIN_IMAGES = ("all", "first_half", "second_half")
 # The halves must not move with the run's seed: a fixed seed of their own.
 _HALVES_SEED = 0
 

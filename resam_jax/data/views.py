@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from resam_jax.data import corruptions, photometric
+from resam_jax.data.config import Pad, ViewConfig
 from resam_jax.transforms import preprocess_shape, resize_image
-
-Pad = Literal["center", "bottom_right"]
 
 
 def pad_offset(resized: tuple[int, int], size: int, pad: Pad) -> tuple[int, int]:
@@ -163,48 +162,6 @@ def _inside(crop: MaskCrop, xy: np.ndarray) -> np.ndarray:
     hit = np.zeros(len(xy), bool)
     hit[inside] = crop.mask[row[inside], col[inside]]
     return hit
-
-
-NegativePoints = Literal["frame", "content"]
-
-
-@dataclasses.dataclass(frozen=True)
-class ViewConfig:
-    """How one sample is made (resam_jax.data.pipeline.DataConfig adds where samples come from)."""
-
-    image_size: int = 1024  # S: longest side after resize, and the padded square
-    pad: Pad = "center"  # "center" (public ReSAM code) | "bottom_right" (SAM)
-    max_instances: int = 50  # N: instance slots per sample
-    num_points: int = 1  # P: positive (and as many negative) points per instance
-    # Negatives uniform over the whole padded S x S frame outside the mask, padding included
-    # (public code), or over the image content only.
-    negative_points: NegativePoints = "frame"
-    flip_probability: float = 0.5  # albumentations Flip default
-    strong_probability: float = photometric.STRONG_PROBABILITY  # each photometric augmentation
-    # Photometric augmentations on the image at its original resolution, then the resize (public
-    # code), or on the resized image.
-    strong_before_resize: bool = True
-    # An ImageNet-C corruption (resam_jax.data.corruptions.CORRUPTIONS; "" = none) at a severity
-    # 1-5, applied to the source image before anything else, the same for an image every time.
-    corruption: str = ""
-    corruption_severity: int = 3
-
-    def __post_init__(self):
-        if self.corruption:
-            corruptions.check(self.corruption, self.corruption_severity)
-        elif self.corruption_severity not in corruptions.SEVERITIES:
-            raise ValueError(
-                f"corruption_severity must be an integer in 1-5, got {self.corruption_severity!r}"
-            )
-        if self.pad not in ("center", "bottom_right"):
-            raise ValueError(f"pad must be 'center' or 'bottom_right', got {self.pad!r}")
-        if self.negative_points not in ("frame", "content"):
-            raise ValueError(
-                f"negative_points must be 'frame' or 'content', got {self.negative_points!r}"
-            )
-        for name in ("image_size", "max_instances", "num_points"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def make_sample(
