@@ -49,11 +49,16 @@ LABELS = {
 }
 CLEAN = "clean"
 
-_ROWS = flags.DEFINE_string("rows", ",".join(ROWS), "comma-separated rows to run")
-_CORRUPTIONS = flags.DEFINE_string(
-    "corruptions", CLEAN, "comma-separated: 'clean' and/or ImageNet-C corruption names"
-)
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """The study's own flags, defined only when it runs as a program: importing this module
+    next to resam_jax.robustness (which has a --corruptions flag too) must not clash."""
+    flags.DEFINE_string("rows", ",".join(ROWS), "comma-separated rows to run")
+    flags.DEFINE_string(
+        "corruptions", CLEAN, "comma-separated: 'clean' and/or ImageNet-C corruption names"
+    )
 
 
 def parse_names(text: str, known: list[str] | tuple[str, ...], what: str) -> list[str]:
@@ -172,8 +177,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        rows = parse_names(_ROWS.value, list(ROWS), "rows")
-        corruptions = parse_names(_CORRUPTIONS.value, [CLEAN, *CORRUPTIONS], "corruptions")
+        rows = parse_names(FLAGS.rows, list(ROWS), "rows")
+        corruptions = parse_names(FLAGS.corruptions, [CLEAN, *CORRUPTIONS], "corruptions")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -195,4 +200,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main, flags_parser=run_main.parse_flags)
