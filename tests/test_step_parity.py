@@ -29,16 +29,16 @@ The demo SAM was trained on SAM-normalised pixels and predicts nothing on the pu
 input; sam_reference.demo_sam(unit_pixels=True) folds that normalisation into its patch
 embedding (the same weights on both sides), so the teacher gives real masks.
 
-Measured on the real NWPU image 015.jpg, 4 instances (CPU, float32 matmuls; printed with -s):
-    refined masks (666 px) and pseudo-labels (979 px): 0 mismatched pixels; Requery boxes equal;
-    loss parts abs diff: focal 7e-9, dice 3e-8, IoU-MSE 3e-8, total 1.8e-7
-        (public: focal 0.0187, dice 0.464, IoU-MSE 0.138, total 0.976);
-    LoRA gradients (A and B of q and v, both blocks): max abs diff 5.1e-7, max |grad| 0.22;
-    make_train_step: the same loss-part diffs; first Adam update max abs diff 3e-8 (|update|
+Measured on the real NWPU image 015.jpg, 4 instances, with the packaged demo SAM as retrained
+for the current demo (CPU, float32 matmuls; printed with -s):
+    refined masks (751 px) and pseudo-labels (918 px): 0 mismatched pixels; Requery boxes equal;
+    loss parts abs diff: focal 1.3e-8, dice 1.2e-7, IoU-MSE 3.0e-8, total 3.6e-7
+        (public: focal 0.0160, dice 0.389, IoU-MSE 0.150, total 0.858);
+    LoRA gradients (A and B of q and v, both blocks): max abs diff 2.0e-7, max |grad| 0.067;
+    make_train_step: the same loss-part diffs; first Adam update max abs diff 1.9e-7 (|update|
         up to lr = 1e-3).
-(Synthetic fallback: 0 mismatched pixels, total diff 6e-7, gradient 3.2e-7, Adam 6e-8.)
 
-Mutants of resam_jax/train_step.py checked by hand on 015.jpg (edited locally, test run,
+Mutants of resam_jax/train_step.py checked by hand on 015.jpg (with the previous demo SAM) (edited locally, test run,
 reverted); each FAILS test_train_step_matches_public (loss parts within 1e-6 absolute):
     (1) student prompted with the Requery boxes instead of the points:
         "focal: ours 0.010162465274333954, public 0.018690168857574463";
