@@ -1,0 +1,83 @@
+"""tools/pretrain_sam.py: a few steps on the synthetic dataset, packaged and resumed exactly."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resam_jax.data import pipeline, subsets
+from resam_jax.model import load_sam
+from resam_jax.model.checkpoint import load_sam_params
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools import pretrain_sam  # noqa: E402
+
+
+def _args(data_dir, resume_dir, *extra):
+    return pretrain_sam._parser().parse_args(
+        [
+            "--dataset", "coco_instances", "--dataset-config", "resam_demo",
+            "--data-dir", str(data_dir), "--source-half", "first", "--model-type", "tiny",
+            "--image-size", "64", "--max-instances", "4", "--batch-size", "2", "--steps", "4",
+            "--eval-split", "", "--log-every", "1", "--resume-dir", str(resume_dir), *extra,
+        ]
+    )  # fmt: skip
+
+
+def test_halves_are_disjoint_seeded_and_cover_the_split(synthetic_data):
+    _, data_dir = synthetic_data
+    config = pipeline.DataConfig(
+        dataset="coco_instances", dataset_config="resam_demo", data_dir=str(data_dir),
+        image_size=64, max_instances=4, batch_size=4,
+    )  # fmt: skip
+    ids = subsets.split_image_ids(config, "train")
+    first, second = (subsets.half_image_ids(ids, h, seed=0) for h in ("first", "second"))
+    assert len(first) == len(second) == len(ids) // 2
+    assert sorted({*first, *second}) == sorted(ids)
+    np.testing.assert_array_equal(subsets.half_image_ids(ids[::-1], "first", seed=0), first)
+    assert any(
+        not np.array_equal(subsets.half_image_ids(ids, "first", seed=s), first) for s in (1, 2, 3)
+    )
+    np.testing.assert_array_equal(subsets.half_image_ids(ids, "all"), np.sort(ids))
+    # The subset dataset yields only the chosen images.
+    seen = set()
+    for batch in subsets.make_subset_dataset(config, "train", first, train=False, seed=0):
+        seen |= {int(i) for i in batch["image_id"] if i >= 0}
+    assert seen == {int(i) for i in first}
+
+
+def test_resume_is_exact_and_the_package_loads(synthetic_data, tmp_path):
+    _, data_dir = synthetic_data
+    straight = pretrain_sam.run(
+        _args(data_dir, tmp_path / "a", "--eval-split", "val", "--output", str(tmp_path / "sam"))
+    )
+    assert straight["step"] == 4 and len(straight["losses"]) == 4
+    assert all(np.isfinite(straight["losses"]))
+    first = pretrain_sam.run(_args(data_dir, tmp_path / "b", "--stop-after", "2"))
+    assert first["step"] == 2 and first["scores"] == {}
+    resumed = pretrain_sam.run(_args(data_dir, tmp_path / "b", "--output", str(tmp_path / "sam_b")))  # fmt: skip
+    assert resumed["step"] == 4
+    # Same loss at every step whether the run was resumed or not, and the same parameters.
+    assert first["losses"] + resumed["losses"] == straight["losses"]
+    _, a = load_sam_params(tmp_path / "sam")
+    _, b = load_sam_params(tmp_path / "sam_b")
+    assert a.keys() == b.keys()
+    for path in a:
+        np.testing.assert_array_equal(a[path], b[path], err_msg=str(path))
+
+    model = load_sam(tmp_path / "sam")
+    assert model.config.model_type == "tiny" and model.config.image_size == 64
+    header = json.loads((tmp_path / "sam" / "sam_checkpoint.json").read_text())
+    source = header["source"]
+    assert source["trained_steps"] == 4 and source["pixel_norm"] == "unit"
+    for prompt in ("box_prompt", "point_prompt_1pos_1neg"):
+        assert 0.0 <= source["eval"][prompt]["iou"] <= 1.0
+    assert straight["scores"]["boxes"]["images"] == 4
+
+
+def test_package_only_needs_a_checkpoint(tmp_path, synthetic_data):
+    _, data_dir = synthetic_data
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        pretrain_sam.run(_args(data_dir, tmp_path / "empty", "--package-only"))
