@@ -124,6 +124,14 @@ def make_pretrain_step(graphdef: nnx.GraphDef, lr: float, steps: int):
     return jax.jit(step, donate_argnums=(0,))
 
 
+@functools.lru_cache(maxsize=2)  # building a SAM op by op is slow on a busy CPU
+def initial_model(config, seed: int) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(graphdef, parameters, other variables) of a freshly initialised SAM. The other
+    variables (the prompt encoder's random Fourier matrix) are not trained and not
+    checkpointed: the seed makes them again on resume."""
+    return nnx.split(Sam(config, rngs=nnx.Rngs(seed)), nnx.Param, ...)
+
+
 def make_optimizer(lr: float, steps: int) -> optax.GradientTransformation:
     warmup = min(250, max(steps // 10, 1))
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), lr / 20)
@@ -224,8 +232,9 @@ def run(args: argparse.Namespace) -> dict:
     logging.info("%s/%s %s half: %d images; SAM %s at %d px", args.dataset, args.split,
                  args.source_half, len(image_ids), args.model_type, config.image_size)  # fmt: skip
 
-    model = Sam(config, rngs=nnx.Rngs(args.seed))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef, params, rest = initial_model(config, args.seed)
+    params = jax.tree.map(jnp.copy, params)  # the step donates its state
+    model = nnx.merge(graphdef, params, rest)
     optimizer = make_optimizer(args.lr, args.steps)
     state = {
         "params": params,
@@ -241,7 +250,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.resume_dir:
         checkpoints = TrainCheckpoints(args.resume_dir, keep=2)
         if checkpoints.latest_step() is not None:
-            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+            abstract = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+            )
             state = checkpoints.restore(abstract, batches)
             logging.info("resumed from %s at step %d", args.resume_dir, int(state["step"]))
         elif args.package_only:
@@ -258,6 +269,9 @@ def run(args: argparse.Namespace) -> dict:
         record_path.write_text(json.dumps(record) + "\n")
         logging.info("checkpoint at step %d", step)
 
+    # Committed to one device either way, so a fresh and a restored state hit the same
+    # compiled step.
+    state = jax.device_put(state, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     stop = {"now": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     step_fn = make_pretrain_step(graphdef, args.lr, args.steps)
