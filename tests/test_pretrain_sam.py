@@ -81,3 +81,20 @@ def test_package_only_needs_a_checkpoint(tmp_path, synthetic_data):
     _, data_dir = synthetic_data
     with pytest.raises(SystemExit, match="no checkpoint"):
         pretrain_sam.run(_args(data_dir, tmp_path / "empty", "--package-only"))
+
+
+def test_packaged_small_sam_header_and_parameters():
+    """resam_jax/assets/sam_small_nwpu: made by this tool, [0, 1] pixels, parameters that fit
+    the small config (load_sam builds the model from exactly these)."""
+    from resam_jax.model.checkpoint import load_sam_params
+
+    directory = Path(__file__).resolve().parents[1] / "resam_jax" / "assets" / "sam_small_nwpu"
+    header = json.loads((directory / "sam_checkpoint.json").read_text())
+    source = header["source"]
+    assert header["model_type"] == "small" and header["config"]["image_size"] == 384
+    assert source["path"] == "tools/pretrain_sam.py" and source["pixel_norm"] == "unit"
+    assert "first half" in source["train_data"] and source["trained_steps"] > 0
+    assert {"box_prompt", "point_prompt_1pos_1neg"} <= source["eval"].keys()
+    config, params = load_sam_params(directory)  # checks every shape against the config
+    assert config.model_type == "small" and config.lora_start_layer is None
+    assert sum(v.nbytes for v in params.values()) < 20e6

@@ -2,7 +2,7 @@ r"""Pretrains a SAM with full supervision on any prepared TFDS dataset, standing
 
     python -m resam_jax.data.prepare --dataset nwpu_vhr10 --manual-dir /work/shared/data/NWPU \
         --data-dir /tmp/tfds_nwpu
-    python tools/pretrain_sam.py --data-dir /tmp/tfds_nwpu --source-half first \
+    python -m tools.pretrain_sam --data-dir /tmp/tfds_nwpu --source-half first \
         --model-type small --steps 20000 --resume-dir /tmp/pretrain_small \
         --output resam_jax/assets/sam_small_nwpu
 
@@ -180,7 +180,7 @@ def prompt_scores(model: Sam, data: pipeline.DataConfig, split: str, seed: int) 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python tools/pretrain_sam.py", description=__doc__.split("\n")[0]
+        prog="python -m tools.pretrain_sam", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--dataset", default="nwpu_vhr10")
     parser.add_argument("--dataset-config", default="default")
@@ -323,7 +323,7 @@ def package(args, model, config, step, image_ids, scores, train_seconds, final_l
         for path, variable in nnx.to_flat_state(nnx.state(model))
     }
     command = [
-        "python", "tools/pretrain_sam.py", "--dataset", args.dataset, "--dataset-config",
+        "python", "-m", "tools.pretrain_sam", "--dataset", args.dataset, "--dataset-config",
         args.dataset_config, "--data-dir", "DATA_DIR", "--split", args.split, "--source-half",
         args.source_half, "--half-seed", str(args.half_seed), "--model-type", args.model_type,
         "--image-size", str(args.image_size), "--max-instances", str(args.max_instances),
