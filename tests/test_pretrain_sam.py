@@ -46,6 +46,13 @@ def test_halves_are_disjoint_seeded_and_cover_the_split(synthetic_data):
     for batch in subsets.make_subset_dataset(config, "train", first, train=False, seed=0):
         seen |= {int(i) for i in batch["image_id"] if i >= 0}
     assert seen == {int(i) for i in first}
+    # With every image it is make_dataset itself: the same batches, augmentations included.
+    subset = subsets.make_subset_dataset(config, "train", ids, train=True, seed=3)
+    full = pipeline.make_dataset(config, "train", train=True, seed=3, shard_index=0, shard_count=1)
+    for a, b, _ in zip(subset, full, range(3)):
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 def test_resume_is_exact_and_the_package_loads(synthetic_data, tmp_path):
