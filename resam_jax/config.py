@@ -99,7 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.synthetic_style = "target"  # resam_jax.data.synthetic.STYLES
 
     config.model.update(
-        model_type="vit_b",  # vit_b | vit_l | vit_h | tiny
+        model_type="vit_b",  # vit_b | vit_l | vit_h | tiny | small
         checkpoint="weights/sam_vit_b",  # converted SAM; "" = random initialisation
         lora_rank=4,
         lora_start_layer=6,

@@ -1,4 +1,5 @@
-"""SAM model configurations (ViT-B/L/H as released by Meta, plus a tiny one for tests and demos)."""
+"""SAM model configurations (ViT-B/L/H as released by Meta, plus a tiny one for tests and demos
+and a small one pretrained here on remote-sensing images)."""
 
 from __future__ import annotations
 
@@ -119,6 +120,25 @@ _ENCODERS = {
         decoder_num_heads=2,
         decoder_mlp_dim=64,
         iou_head_hidden_dim=32,
+    ),
+    # A small promptable SAM trained from scratch on remote-sensing images by
+    # tools/pretrain_sam.py (resam_jax/assets/sam_small_nwpu), standing in for Meta's SAM
+    # where it cannot be downloaded. 384 inputs with 16 px patches give a 24 x 24 token grid
+    # (NWPU's ~1000 x 700 images shrink 2.6x: 15-40 px vehicles stay 6-15 px, about one
+    # token); windows of 8 tile it exactly; two of the four blocks attend globally. The
+    # decoder keeps SAM's structure at half SAM's width.
+    "small": dict(
+        image_size=384,
+        encoder_embed_dim=128,
+        encoder_depth=4,
+        encoder_num_heads=4,
+        encoder_global_attn_indexes=(1, 3),
+        window_size=8,
+        prompt_embed_dim=128,
+        mask_in_chans=16,
+        decoder_num_heads=4,
+        decoder_mlp_dim=512,
+        iou_head_hidden_dim=128,
     ),
 }
 
