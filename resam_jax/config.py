@@ -27,6 +27,8 @@ RUN_DATA_KEYS = ("manual_dir", "train_split", "eval_split", "synthetic_images", 
 # The tiny SAM shipped with the package for the demo (tools/pretrain_tiny_sam.py made it),
 # found next to the code so the demo runs from any working directory.
 DEMO_SAM_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "sam_tiny_demo"
+# The small SAM pretrained here on NWPU's source half (tools/pretrain_sam.py), for the study.
+SMALL_NWPU_SAM_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "sam_small_nwpu"
 
 
 def _step_config() -> ml_collections.ConfigDict:

@@ -379,3 +379,16 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_continues_exactly(tmp_pa
     assert trained.keys() == exported.keys() and len(trained) == 8
     for name in trained:
         np.testing.assert_array_equal(trained[name], exported[name], err_msg=name)
+
+
+def test_study_config_adapts_the_packaged_small_sam_on_the_target_half():
+    from resam_jax.model.checkpoint import read_header
+
+    config = load_config("study_nwpu")
+    header = read_header(config.model.checkpoint)
+    assert header["model_type"] == config.model.model_type == "small"
+    assert header["config"]["image_size"] == config.data.image_size
+    # The source model saw the first half of NWPU train; the study adapts on the other.
+    assert "first half" in header["source"]["train_data"]
+    assert config.data.train_images == "second_half" and config.data.dataset == "nwpu_vhr10"
+    assert header["source"]["pixel_norm"] == config.model.pixel_norm == "unit"
