@@ -12,9 +12,13 @@ need none of them.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+T = TypeVar("T")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
@@ -46,26 +50,39 @@ def next_steps() -> str:
     )
 
 
+def run_command(job: Callable[[], T]) -> T:
+    """The body every run command shares (main, resam_jax.robustness, resam_jax.study):
+    multi-host set-up before anything touches a JAX backend, quiet library logs, and a RunError
+    (missing weights, unprepared data, a bad config value) as one error line with exit code 2."""
+    from resam_jax import parallel
+
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    from resam_jax.run import RunError, reporting
+
+    reporting.quiet_library_logs()
+    try:
+        return job()
+    except RunError as e:
+        logging.error("%s", e)
+        fail(str(e))
+
+
+def fail(message: str) -> NoReturn:
+    """The input is at fault: one error line on stderr, exit code 2 (README "Exit codes")."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from resam_jax import parallel
-
-    # Before anything touches a JAX backend.
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-
     from resam_jax import run
-    from resam_jax.run import reporting
 
-    reporting.quiet_library_logs()
     config = _CONFIG.value
-    try:
-        result = run.train_and_evaluate(config, _WORKDIR.value)
-    except run.RunError as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    result = run_command(lambda: run.train_and_evaluate(config, _WORKDIR.value))
     if config.data.synthetic_images and not result["preempted"]:
+        from resam_jax.run import reporting
+
         print(next_steps())
         # The demo's last lines: its result (the same table as at the end of the log).
         print(reporting.evaluation_table(result["evaluations"]))

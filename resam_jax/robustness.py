@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -152,22 +151,10 @@ def main(argv):
         if _SEVERITY.value not in SEVERITIES:
             raise ValueError(f"--severity={_SEVERITY.value}; expected an integer in 1-5")
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    from resam_jax import parallel
-
-    parallel.initialize_distributed(
-        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        run_main.fail(str(e))
+    result = run_main.run_command(
+        lambda: sweep(FLAGS.config, FLAGS.workdir, names, _SEVERITY.value)
     )
-    from resam_jax.run import reporting, setup
-
-    reporting.quiet_library_logs()
-    try:
-        result = sweep(FLAGS.config, FLAGS.workdir, names, _SEVERITY.value)
-    except setup.RunError as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(markdown_table(result))
 
 

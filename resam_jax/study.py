@@ -19,7 +19,6 @@ where it stopped. At the end (and after every row) the study writes
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -180,22 +179,8 @@ def main(argv):
         rows = parse_names(FLAGS.rows, list(ROWS), "rows")
         corruptions = parse_names(FLAGS.corruptions, [CLEAN, *CORRUPTIONS], "corruptions")
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    from resam_jax import parallel
-
-    parallel.initialize_distributed(
-        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
-    )
-    from resam_jax.run import RunError, reporting
-
-    reporting.quiet_library_logs()
-    try:
-        results = study(FLAGS.config, FLAGS.workdir, rows, corruptions)
-    except RunError as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        run_main.fail(str(e))
+    results = run_main.run_command(lambda: study(FLAGS.config, FLAGS.workdir, rows, corruptions))
     print(markdown(results, FLAGS.config))
 
 
