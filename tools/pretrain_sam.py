@@ -60,35 +60,15 @@ from resam_jax.model import (
     sam_config,
     save_sam_params,
 )
+from resam_jax.pretraining import sam_training_prompts
 from resam_jax.run import Evaluator
 from resam_jax.run.checkpoints import TrainCheckpoints
 from resam_jax.train_state import split_model
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_POINTS = 3  # prompts hold 1..3 positive and 0..3 negative points
-# SAM's training jitters GT boxes by 10% of their side, so box prompts need not be tight
-# (Requery prompts with boxes of imperfect refined masks).
-BOX_JITTER = 0.1
 FOCAL_ALPHA, FOCAL_GAMMA, FOCAL_WEIGHT = 0.8, 2.0, 20.0  # docs/method.md section 4.3
 PIXEL_NORM = "unit"  # the published protocol's input (docs/method.md section 9)
-
-
-def random_prompts(key: jax.Array, batch) -> tuple[jax.Array, jax.Array]:
-    """Point labels keeping 1..P positives and 0..P negatives per instance (the rest become
-    padding, -1), and GT boxes jittered by BOX_JITTER of their side."""
-    labels = batch["point_labels"]
-    b, n, two_p = labels.shape
-    p = two_p // 2
-    pos_key, neg_key, box_key = jax.random.split(key, 3)
-    keep_pos = jax.random.randint(pos_key, (b, n, 1), 1, p + 1)
-    keep_neg = jax.random.randint(neg_key, (b, n, 1), 0, p + 1)
-    slot = jnp.arange(p)
-    keep = jnp.concatenate([slot < keep_pos, slot < keep_neg], axis=-1)
-    boxes = batch["boxes"]
-    side = jnp.concatenate([boxes[..., 2:] - boxes[..., :2]] * 2, axis=-1)
-    jitter = BOX_JITTER * side * jax.random.normal(box_key, boxes.shape)
-    size = batch["weak_image"].shape[1]
-    return jnp.where(keep, labels, -1), jnp.clip(boxes + jitter, 0, size - 1)
 
 
 @functools.lru_cache(maxsize=4)  # one compilation per model and schedule in a process
@@ -101,7 +81,7 @@ def make_pretrain_step(graphdef: nnx.GraphDef, lr: float, steps: int):
         model = nnx.merge(graphdef, params, rest)
         images = normalize_pixels(batch["weak_image"], batch["content_mask"], PIXEL_NORM)
         embedding = model.encode(images)
-        point_labels, boxes = random_prompts(key, batch)
+        point_labels, boxes = sam_training_prompts(key, batch)
         size = images.shape[1]
         total = 0.0
         for prompts in (

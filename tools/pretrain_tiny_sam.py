@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -39,6 +38,7 @@ from resam_jax.data.prepare import prepare
 from resam_jax.data.synthetic import write_coco_dataset
 from resam_jax.losses import segmentation_losses
 from resam_jax.model import Sam, decode_masks, normalize_pixels, sam_config, save_sam_params
+from resam_jax.pretraining import sam_training_prompts
 from resam_jax.run import Evaluator
 from resam_jax.train_state import split_model
 
@@ -48,9 +48,6 @@ DEFAULT_OUTPUT = REPO / "resam_jax" / "assets" / "sam_tiny_demo"
 IMAGE_SIZE = 128  # the demo's image size; a SAM's positional embedding fixes it
 MAX_INSTANCES = 8  # the synthetic generator draws at most 8 objects per image
 MAX_POINTS = 3  # prompts hold 1..3 positive and 0..3 negative points
-# SAM's training jitters GT boxes by 10% of their side, so box prompts need not be tight
-# (Requery prompts with boxes of imperfect refined masks).
-BOX_JITTER = 0.1
 # The demo's loss weights and focal parameters (docs/method.md section 4.3).
 FOCAL_ALPHA, FOCAL_GAMMA, FOCAL_WEIGHT = 0.8, 2.0, 20.0
 
@@ -74,24 +71,6 @@ def _write_dataset(root: Path, name: str, style: str, num_train: int, num_val: i
     )
 
 
-def _random_prompts(key: jax.Array, batch) -> tuple[jax.Array, jax.Array]:
-    """Point labels keeping 1..P positives and 0..P negatives per instance (the rest become
-    padding, -1), and GT boxes jittered by BOX_JITTER of their side."""
-    labels = batch["point_labels"]
-    b, n, two_p = labels.shape
-    p = two_p // 2
-    pos_key, neg_key, box_key = jax.random.split(key, 3)
-    keep_pos = jax.random.randint(pos_key, (b, n, 1), 1, p + 1)
-    keep_neg = jax.random.randint(neg_key, (b, n, 1), 0, p + 1)
-    slot = jnp.arange(p)
-    keep = jnp.concatenate([slot < keep_pos, slot < keep_neg], axis=-1)
-    boxes = batch["boxes"]
-    side = jnp.concatenate([boxes[..., 2:] - boxes[..., :2]] * 2, axis=-1)
-    jitter = BOX_JITTER * side * jax.random.normal(box_key, boxes.shape)
-    size = batch["weak_image"].shape[1]
-    return jnp.where(keep, labels, -1), jnp.clip(boxes + jitter, 0, size - 1)
-
-
 def make_pretrain_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation):
     """Jitted (params, opt_state, rest, batch, key) -> (params, opt_state, loss): one Adam step
     on the mean of the point-prompted and the box-prompted losses."""
@@ -100,7 +79,7 @@ def make_pretrain_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransfor
         model = nnx.merge(graphdef, params, rest)
         images = normalize_pixels(batch["weak_image"], batch["content_mask"], "sam")
         embedding = model.encode(images)
-        point_labels, boxes = _random_prompts(key, batch)
+        point_labels, boxes = sam_training_prompts(key, batch)
         size = images.shape[1]
         total = 0.0
         for prompts in (

@@ -1,0 +1,28 @@
+"""Prompts for pretraining a SAM with full supervision, as SAM itself is trained (used by
+tools/pretrain_sam.py and tools/pretrain_tiny_sam.py, which make the packaged stand-ins for
+Meta's SAM)."""
+
+import jax
+import jax.numpy as jnp
+
+# GT boxes are jittered by this fraction of their side, as SAM's training does; it also teaches
+# the model boxes that are not tight (Requery prompts with boxes of imperfect refined masks).
+BOX_JITTER = 0.1
+
+
+def sam_training_prompts(key: jax.Array, batch) -> tuple[jax.Array, jax.Array]:
+    """Point labels keeping 1..P positives and 0..P negatives per instance (the rest become
+    padding, -1), and GT boxes jittered by BOX_JITTER of their side."""
+    labels = batch["point_labels"]
+    b, n, two_p = labels.shape
+    p = two_p // 2
+    pos_key, neg_key, box_key = jax.random.split(key, 3)
+    keep_pos = jax.random.randint(pos_key, (b, n, 1), 1, p + 1)
+    keep_neg = jax.random.randint(neg_key, (b, n, 1), 0, p + 1)
+    slot = jnp.arange(p)
+    keep = jnp.concatenate([slot < keep_pos, slot < keep_neg], axis=-1)
+    boxes = batch["boxes"]
+    side = jnp.concatenate([boxes[..., 2:] - boxes[..., :2]] * 2, axis=-1)
+    jitter = BOX_JITTER * side * jax.random.normal(box_key, boxes.shape)
+    size = batch["weak_image"].shape[1]
+    return jnp.where(keep, labels, -1), jnp.clip(boxes + jitter, 0, size - 1)
