@@ -51,23 +51,19 @@ from flax import nnx
 from resam_jax import parallel
 from resam_jax.config import base_config
 from resam_jax.data import pipeline
-from resam_jax.losses import segmentation_losses
 from resam_jax.model import (
     MODEL_TYPES,
     Sam,
-    decode_masks,
-    normalize_pixels,
     sam_config,
     save_sam_params,
 )
-from resam_jax.pretraining import sam_training_prompts
+from resam_jax.pretraining import sam_training_loss
 from resam_jax.run import Evaluator
 from resam_jax.run.checkpoints import TrainCheckpoints
 from resam_jax.train_state import split_model
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_POINTS = 3  # prompts hold 1..3 positive and 0..3 negative points
-FOCAL_ALPHA, FOCAL_GAMMA, FOCAL_WEIGHT = 0.8, 2.0, 20.0  # docs/method.md section 4.3
 PIXEL_NORM = "unit"  # the published protocol's input (docs/method.md section 9)
 
 
@@ -78,23 +74,7 @@ def make_pretrain_step(graphdef: nnx.GraphDef, lr: float, steps: int):
     optimizer = make_optimizer(lr, steps)
 
     def loss_fn(params, rest, batch, key):
-        model = nnx.merge(graphdef, params, rest)
-        images = normalize_pixels(batch["weak_image"], batch["content_mask"], PIXEL_NORM)
-        embedding = model.encode(images)
-        point_labels, boxes = sam_training_prompts(key, batch)
-        size = images.shape[1]
-        total = 0.0
-        for prompts in (
-            {"points": batch["points"], "point_labels": point_labels},
-            {"boxes": boxes},
-        ):
-            logits, iou = decode_masks(model, embedding, size, **prompts)
-            parts = segmentation_losses(
-                logits, iou, batch["masks"], batch["instance_valid"], FOCAL_ALPHA, FOCAL_GAMMA,
-                iou_target_on="probs",
-            )  # fmt: skip
-            total += FOCAL_WEIGHT * parts["focal"] + parts["dice"] + parts["iou"]
-        return total / 2
+        return sam_training_loss(nnx.merge(graphdef, params, rest), batch, key, PIXEL_NORM)
 
     def step(state, rest, batch):
         key, step_key = jax.random.split(jax.random.wrap_key_data(state["key"]))

@@ -36,9 +36,8 @@ from resam_jax.config import base_config
 from resam_jax.data import pipeline
 from resam_jax.data.prepare import prepare
 from resam_jax.data.synthetic import write_coco_dataset
-from resam_jax.losses import segmentation_losses
-from resam_jax.model import Sam, decode_masks, normalize_pixels, sam_config, save_sam_params
-from resam_jax.pretraining import sam_training_prompts
+from resam_jax.model import Sam, sam_config, save_sam_params
+from resam_jax.pretraining import sam_training_loss
 from resam_jax.run import Evaluator
 from resam_jax.train_state import split_model
 
@@ -48,8 +47,6 @@ DEFAULT_OUTPUT = REPO / "resam_jax" / "assets" / "sam_tiny_demo"
 IMAGE_SIZE = 128  # the demo's image size; a SAM's positional embedding fixes it
 MAX_INSTANCES = 8  # the synthetic generator draws at most 8 objects per image
 MAX_POINTS = 3  # prompts hold 1..3 positive and 0..3 negative points
-# The demo's loss weights and focal parameters (docs/method.md section 4.3).
-FOCAL_ALPHA, FOCAL_GAMMA, FOCAL_WEIGHT = 0.8, 2.0, 20.0
 
 
 def _write_dataset(root: Path, name: str, style: str, num_train: int, num_val: int, seed: int):
@@ -76,23 +73,7 @@ def make_pretrain_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransfor
     on the mean of the point-prompted and the box-prompted losses."""
 
     def loss_fn(params, rest, batch, key):
-        model = nnx.merge(graphdef, params, rest)
-        images = normalize_pixels(batch["weak_image"], batch["content_mask"], "sam")
-        embedding = model.encode(images)
-        point_labels, boxes = sam_training_prompts(key, batch)
-        size = images.shape[1]
-        total = 0.0
-        for prompts in (
-            {"points": batch["points"], "point_labels": point_labels},
-            {"boxes": boxes},
-        ):
-            logits, iou = decode_masks(model, embedding, size, **prompts)
-            parts = segmentation_losses(
-                logits, iou, batch["masks"], batch["instance_valid"], FOCAL_ALPHA, FOCAL_GAMMA,
-                iou_target_on="probs",
-            )  # fmt: skip
-            total += FOCAL_WEIGHT * parts["focal"] + parts["dice"] + parts["iou"]
-        return total / 2
+        return sam_training_loss(nnx.merge(graphdef, params, rest), batch, key, "sam")
 
     def step(params, opt_state, rest, batch, key):
         loss, grads = jax.value_and_grad(loss_fn)(params, rest, batch, key)
