@@ -27,13 +27,23 @@ def get_config():
     config.data.image_size = 384  # the small SAM's input size
     config.data.batch_size = 2
     config.data.corruption_severity = 3
+    # Instance slots per sample: the median NWPU image has 4 instances and 99% have at most 44;
+    # an image with more is split into chunks of 16 (pipeline.chunk_index; evaluation scores the
+    # chunks of an image together). 16 slots instead of the protocol's 50 make a step 2.7x
+    # faster on CPU at equal scores (Direct SAM 26.89 IoU either way).
+    config.data.max_instances = 16
     config.model.model_type = "small"
     config.model.checkpoint = str(SMALL_NWPU_SAM_CHECKPOINT)
     config.model.lora_start_layer = 2  # the second half of its 4 blocks, as NWPU's 6 of 12
-    # 130 steps per epoch (260 images, batch 2): warm up over 50, decay after 2 and 2.5 epochs.
+    # 139 steps per epoch (260 images, 278 chunks, batch 2): warm up over 50 steps, decay by 10
+    # after 200 and 250 of the 278. Two epochs keep one corruption's rows within 30 minutes on
+    # two CPU cores.
     config.optim.warmup_steps = 50
-    config.optim.milestones = (260, 325)
-    config.train.num_epochs = 3
-    config.train.checkpoint_every_steps = 130
+    config.optim.milestones = (200, 250)
+    config.train.num_epochs = 2
+    config.train.checkpoint_every_steps = 50
+    # The Direct SAM row scores the source model once per corruption; the training rows need not
+    # repeat it at step 0.
+    config.train.eval_before_training = False
     config.train.num_overlays = 2
     return config

@@ -130,8 +130,8 @@ def markdown(results: dict[str, dict[str, Any]], config) -> str:
 
 
 def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
-    """IoU after every epoch (x: evaluation index, 0 = before training), one panel per
-    corruption; Direct SAM as a dashed horizontal line."""
+    """IoU after every epoch (x: epoch, 0 = the source model as the Direct SAM row scored it),
+    one panel per corruption; Direct SAM as a dashed horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,14 +141,20 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
         1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False, sharey=True
     )
     for axis, (corruption, rows) in zip(axes[0], results.items(), strict=True):
+        direct = rows.get("direct")
         for row, record in rows.items():
             values = [100 * iou for _, iou in record["iou_per_epoch"]]
             if row == "direct":
                 axis.axhline(values[-1], color="grey", linestyle="--", label=LABELS[row])
-            else:
-                axis.plot(range(len(values)), values, marker="o", label=LABELS[row])
+                continue
+            # A row trained with train.eval_before_training=False starts from the source model,
+            # which the Direct SAM row scored: that is its point 0.
+            first = 0 if record["iou_per_epoch"][0][0].startswith("Direct") else 1
+            if first == 1 and direct is not None:
+                first, values = 0, [100 * direct["iou_per_epoch"][-1][1], *values]
+            axis.plot(range(first, first + len(values)), values, marker="o", label=LABELS[row])
         axis.set_title(corruption)
-        axis.set_xlabel("evaluation (0 = before training, then each epoch)")
+        axis.set_xlabel("epoch (0 = the source model)")
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("IoU (%)")
     axes[0][-1].legend(fontsize=7, loc="lower right")
