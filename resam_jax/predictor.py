@@ -13,10 +13,22 @@ from resam_jax.model import Sam, normalize_pixels, postprocess_masks
 from resam_jax.transforms import resize_longest_side, scale_coords
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _encode(graphdef, state, image, content_mask):
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _encode(graphdef, state, image, content_mask, pixel_norm):
     model = nnx.merge(graphdef, state)
-    return model.encode(normalize_pixels(image, content_mask, "sam"))
+    return model.encode(normalize_pixels(image, content_mask, pixel_norm))
+
+
+def prepare_image(image: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """uint8 RGB [H, W, 3] -> SAM's input: the image resized (longest side `image_size`) and
+    padded bottom-right [S, S, 3], its content mask [S, S], and the resized size (h, w)."""
+    resized = resize_longest_side(np.ascontiguousarray(image), image_size)
+    h, w = resized.shape[:2]
+    padded = np.zeros((image_size, image_size, 3), np.uint8)
+    padded[:h, :w] = resized
+    content = np.zeros((image_size, image_size), bool)
+    content[:h, :w] = True
+    return padded, content, (h, w)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7, 8, 9, 10))
@@ -44,11 +56,13 @@ class SamPredictor:
 
     Prompts and outputs are in original-image coordinates; images are RGB
     uint8 [H, W, 3], resized with SAM's ResizeLongestSide and padded
-    bottom-right, as Meta's predictor does.
+    bottom-right, as Meta's predictor does. `pixel_norm` is SAM's own ("sam") or the
+    [0, 1] input the public ReSAM code and the packaged small SAM use ("unit").
     """
 
-    def __init__(self, model: Sam):
+    def __init__(self, model: Sam, pixel_norm: str = "sam"):
         self.model = model
+        self.pixel_norm = pixel_norm
         self.image_size = model.config.image_size
         self._graphdef, self._state = nnx.split(model)
         self.reset_image()
@@ -70,15 +84,12 @@ class SamPredictor:
             raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
         if image_format == "BGR":
             image = image[..., ::-1]
-        resized = resize_longest_side(np.ascontiguousarray(image), self.image_size)
-        h, w = resized.shape[:2]
-        padded = np.zeros((1, self.image_size, self.image_size, 3), np.uint8)
-        padded[0, :h, :w] = resized
-        content = np.zeros((1, self.image_size, self.image_size), bool)
-        content[0, :h, :w] = True
-        self.features = _encode(self._graphdef, self._state, padded, content)
+        padded, content, input_size = prepare_image(image, self.image_size)
+        self.features = _encode(
+            self._graphdef, self._state, padded[None], content[None], self.pixel_norm
+        )
         self.original_size = tuple(image.shape[:2])
-        self.input_size = (h, w)
+        self.input_size = input_size
 
     def get_image_embedding(self) -> jax.Array:
         if not self.is_image_set:
