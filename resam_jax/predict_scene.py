@@ -110,16 +110,18 @@ def read_prompts(path: Path, dataset, image_path: Path) -> list[Prompt]:
 
     def pixels(coords, where: str) -> np.ndarray:
         try:
-            xy = np.asarray(coords, float).reshape(-1, 2)
+            xy = np.atleast_2d(np.asarray(coords, float))[:, :2]  # a z coordinate is ignored
         except (TypeError, ValueError):
-            raise SceneError(f"{where}: coordinates must be [x, y] pairs, got {coords!r}") from None
+            xy = np.zeros((0, 1))
+        if xy.shape[1:] != (2,) or not len(xy):
+            raise SceneError(f"{where}: coordinates must be [x, y] positions, got {coords!r}")
+        given = xy
         if georeferenced:
             # The inverse transform puts pixel (c, r)'s centre at (c + 0.5, r + 0.5).
             xy = apply_affine(to_pixels, xy) - 0.5
         inside = (xy >= -0.5) & (xy <= np.array([dataset.width, dataset.height]) - 0.5)
         if not inside.all():
-            bad = coords if georeferenced else xy
-            bad_xy = np.asarray(bad, float).reshape(-1, 2)[np.argmin(inside.all(axis=1))]
+            bad_xy = given[np.argmin(inside.all(axis=1))]
             unit = f"map coordinates ({dataset.crs})" if georeferenced else "pixels"
             raise SceneError(
                 f"{where}: ({bad_xy[0]:g}, {bad_xy[1]:g}) in {unit} lies outside the "
@@ -133,8 +135,10 @@ def read_prompts(path: Path, dataset, image_path: Path) -> list[Prompt]:
         raise SceneError(f"{path}: field 'features' must be a list")
     for index, feature in enumerate(features):
         where = f"{path}: feature {index}"
-        properties = (feature.get("properties") if isinstance(feature, dict) else None) or {}
-        prompt_id = properties.get("id", feature.get("id") if isinstance(feature, dict) else None)
+        if not isinstance(feature, dict):
+            raise SceneError(f"{where}: expected a GeoJSON Feature object")
+        properties = feature.get("properties") or {}
+        prompt_id = properties.get("id", feature.get("id"))
         if prompt_id is None or isinstance(prompt_id, dict | list):
             raise SceneError(f"{where}: needs an 'id' property (the features of a prompt share it)")
         where = f"{where} (id {prompt_id!r})"
@@ -151,7 +155,7 @@ def read_prompts(path: Path, dataset, image_path: Path) -> list[Prompt]:
             if properties.get("label", 1) != 1:
                 raise SceneError(f"{where}: property 'label' of a Polygon (a box) must be 1")
             rings = coords if kind == "Polygon" else [r for poly in coords or [] for r in poly]
-            xy = np.vstack([pixels(ring, where) for ring in rings or [[]]])
+            xy = np.vstack([pixels(ring, where) for ring in rings or [None]])
             part["box"] = np.concatenate([xy.min(axis=0), xy.max(axis=0)])
         else:
             raise SceneError(
@@ -358,6 +362,7 @@ def segment_scene(
             "prompts": len(prompts),
             "tiles": len(tiles),
             "tiles_encoded": len(routed),
+            "devices": segmenter.mesh.devices.size,
             "seconds": round(time.perf_counter() - started, 2),
             "instances_with_pixels": sum(f["properties"]["pixels"] > 0 for f in features),
         }

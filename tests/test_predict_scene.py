@@ -2,6 +2,7 @@
 SAM (384 px input) on a real NWPU VHR-10 image tiled 2 x 2 into a georeferenced GeoTIFF."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -330,3 +331,39 @@ def test_command_exit_code(small_scene):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: image file {small_scene / 'nope.tif'} does not exist"
+
+
+@pytest.mark.slow  # a second process to have two devices: ~40 s on two busy cores
+def test_tiles_sharded_over_two_devices_give_the_same_labels(small_scene):
+    """--batch-tiles 3 on two (forced) CPU devices: a batch padded to 4 tiles, split 2 + 2."""
+    pixels = np.full((300, 500, 3), 60, np.uint8)
+    specs = []
+    for i in range(5):
+        x, y = 60 + 90 * i, 80 + 60 * (i % 3)
+        pixels[y - 20 : y + 20, x - 25 : x + 25] = (230, 220, 200)  # bright roofs on dark ground
+        specs.append((f"p{i}", "Polygon", (x - 27, y - 22, x + 27, y + 22), {}))
+    write_raster(small_scene / "roofs.tif", pixels)
+    write_prompts(small_scene / "many.geojson", specs, True)
+    args = ["--checkpoint", str(SMALL_SAM), "--image", str(small_scene / "roofs.tif")]
+    args += ["--prompts", str(small_scene / "many.geojson"), "--tile-size", "200"]
+    args += ["--overlap", "40", "--batch-tiles", "3"]
+    outputs = {}
+    for devices in (1, 2):
+        out = [
+            "--output", str(small_scene / f"m{devices}.tif"),
+            "--vectors", str(small_scene / f"v{devices}.geojson"),
+        ]  # fmt: skip
+        if devices == 1:
+            assert main(args + out) == 0
+        else:
+            env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+            env["JAX_PLATFORMS"] = "cpu"
+            result = subprocess.run(
+                [sys.executable, "-m", "resam_jax.predict_scene", *args, *out],
+                check=True, capture_output=True, env=env, cwd=Path(__file__).resolve().parents[1],
+            )  # fmt: skip
+            assert json.loads(result.stdout.splitlines()[0])["devices"] == 2
+        with rasterio.open(small_scene / f"m{devices}.tif") as labels:
+            outputs[devices] = labels.read(1)
+    assert len(np.unique(outputs[1])) > 3
+    assert np.array_equal(outputs[1], outputs[2])
