@@ -93,6 +93,7 @@ def run(scene: Path, prompts: Path, root: Path, batch_tiles: int) -> dict:
         raise SystemExit(f"predict_scene failed on {scene}: {' '.join(command)}")
     summary = json.loads(stdout.decode().splitlines()[0])
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    summary["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 1)
     summary["peak_rss_mib"] = round(usage.ru_maxrss / 1024)  # Linux reports KiB
     summary["command"] = " ".join(command)
     return summary
@@ -110,14 +111,11 @@ def main() -> None:
             scene, prompts = write_scene(args.nwpu_dir, size, Path(tmp))
             rows.append(run(scene, prompts, Path(tmp), args.batch_tiles))
             print(json.dumps(rows[-1]), flush=True)
-    print(
-        f"\n{'scene':>11} {'prompts':>8} {'tiles':>6} {'encoded':>8} {'wall s':>7} {'peak RSS MiB':>13}"
-    )
+    header = ("scene", "prompts", "tiles", "encoded", "wall s", "CPU s", "peak RSS MiB")
+    keys = ("scene", "prompts", "tiles", "tiles_encoded", "wall_seconds", "cpu_seconds")
+    print("\n" + " ".join(f"{h:>12}" for h in header))
     for r in rows:
-        print(
-            f"{r['scene']:>11} {r['prompts']:>8} {r['tiles']:>6} {r['tiles_encoded']:>8} "
-            f"{r['wall_seconds']:>7} {r['peak_rss_mib']:>13}"
-        )
+        print(" ".join(f"{r[k]:>12}" for k in (*keys, "peak_rss_mib")))
 
 
 if __name__ == "__main__":

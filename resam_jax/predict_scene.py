@@ -234,6 +234,77 @@ def temporary_beside(path: Path, suffix: str) -> Iterator[Path]:
         Path(name).unlink(missing_ok=True)
 
 
+def route_prompts(
+    prompts: list[Prompt], tiles: list[Tile], scene, prompts_path: Path, tile_size: int
+) -> dict[int, list[int]]:
+    """Tile index -> the indices of the prompts routed to it (resam_jax.scene.route)."""
+    routed: dict[int, list[int]] = {}
+    for k, prompt in enumerate(prompts):
+        t = route(prompt.extent(), tiles, scene.height, scene.width)
+        if t is None:
+            x0, y0, x1, y1 = prompt.extent()
+            raise SceneError(
+                f"{prompts_path}: prompt id {prompt.prompt_id!r} spans {x1 - x0 + 1:.0f}x"
+                f"{y1 - y0 + 1:.0f} pixels, more than a tile; raise --tile-size (now {tile_size})"
+            )
+        routed.setdefault(t, []).append(k)
+    return routed
+
+
+def paste_mask(
+    labels_out, scores: np.ndarray, label: int, mask: np.ndarray, iou: float, tile: Tile
+):
+    """Merge one instance's tile mask into the label raster through the window of its bounding
+    box (read, paste_instance, write: instances are merged one after the other, so overlapping
+    tiles and batches need no care). Returns that box (x0, y0, x1, y1) in the scene, None for
+    an empty mask."""
+    from rasterio.windows import Window
+
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if not len(rows):
+        return None
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    window = Window(tile.col + x0, tile.row + y0, x1 - x0, y1 - y0)
+    labels = labels_out.read(1, window=window)
+    paste_instance(labels, scores[labels], mask[y0:y1, x0:x1], label, iou)
+    labels_out.write(labels, 1, window=window)
+    return tile.col + x0, tile.row + y0, tile.col + x1, tile.row + y1
+
+
+def instance_features(labels_out, prompts, scores, boxes, origins) -> list[dict]:
+    """One GeoJSON feature per prompt: the polygons of the pixels its instance kept (read back
+    within its bounding box), in the raster's coordinates."""
+    from rasterio.features import shapes
+    from rasterio.windows import Window
+
+    features = []
+    for label, prompt in enumerate(prompts, start=1):
+        geometry, pixels = None, 0
+        if label in boxes:
+            x0, y0, x1, y1 = boxes[label]
+            window = Window(x0, y0, x1 - x0, y1 - y0)
+            instance = labels_out.read(1, window=window) == label
+            pixels = int(instance.sum())
+            transform = labels_out.window_transform(window)
+            polygons = [
+                p["coordinates"]
+                for p, _ in shapes(instance.astype(np.uint8), mask=instance, transform=transform)
+            ]
+            if len(polygons) == 1:
+                geometry = {"type": "Polygon", "coordinates": polygons[0]}
+            elif polygons:
+                geometry = {"type": "MultiPolygon", "coordinates": polygons}
+        properties = {
+            "id": prompt.prompt_id,
+            "label": label,
+            "predicted_iou": round(float(scores[label]), 6),
+            "pixels": pixels,
+            "tile": list(origins[label]),
+        }
+        features.append({"type": "Feature", "geometry": geometry, "properties": properties})
+    return features
+
+
 def segment_scene(
     load_model: Callable[[], tuple[object, str]],
     image_path: Path,
@@ -276,16 +347,7 @@ def segment_scene(
                 f"--overlap {overlap} must be at least 0 and below the tile size {tile_size}"
             )
         tiles = tile_grid(scene.height, scene.width, tile_size, overlap)
-        routed: dict[int, list[int]] = {}
-        for k, prompt in enumerate(prompts):
-            t = route(prompt.extent(), tiles, scene.height, scene.width)
-            if t is None:
-                x0, y0, x1, y1 = prompt.extent()
-                raise SceneError(
-                    f"{prompts_path}: prompt id {prompt.prompt_id!r} spans {x1 - x0 + 1:.0f}x"
-                    f"{y1 - y0 + 1:.0f} pixels, more than a tile; raise --tile-size (now {tile_size})"
-                )
-            routed.setdefault(t, []).append(k)
+        routed = route_prompts(prompts, tiles, scene, prompts_path, tile_size)
 
         label_dtype = "uint16" if len(prompts) < 2**16 else "uint32"
         work = stack.enter_context(temporary_beside(output, ".work.tif"))
@@ -301,54 +363,22 @@ def segment_scene(
         tile_shape = (tiles[0].height, tiles[0].width)
         segmenter = TileSegmenter(model, tile_shape, batch_tiles, pixel_norm, multimask)
         scores = np.full(len(prompts) + 1, -np.inf)  # predicted IoU per label, background first
-        boxes = np.zeros((len(prompts) + 1, 4), int)  # each instance's pixel bbox, empty: 0 wide
-        origin = [None] * (len(prompts) + 1)
+        boxes: dict[int, tuple] = {}  # label -> its pixels' bounding box in the scene
+        origins: dict[int, tuple] = {}  # label -> (column, row) of the tile that segmented it
         done = 0
         for batch in batches(sorted(routed), segmenter.batch_tiles):
             images = [read_tile(scene, tiles[t], bands, image_path) for t in batch]
             local = [
                 [prompts[k].shifted(tiles[t].col, tiles[t].row) for k in routed[t]] for t in batch
             ]
-            for t, result in zip(batch, segmenter.segment(images, local)):
-                tile = tiles[t]
-                window = rasterio.windows.Window(tile.col, tile.row, tile.width, tile.height)
-                labels = labels_out.read(1, window=window)
-                owners = scores[labels]
-                for k, mask, iou in zip(routed[t], result.masks, result.iou):
-                    scores[k + 1], origin[k + 1] = float(iou), (tile.col, tile.row)
-                    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-                    if len(rows):
-                        boxes[k + 1] = (tile.col + cols[0], tile.row + rows[0], tile.col + cols[-1] + 1, tile.row + rows[-1] + 1)  # fmt: skip
-                    paste_instance(labels, owners, mask, k + 1, float(iou))
-                labels_out.write(labels, 1, window=window)
+            for i, j, mask, iou in segmenter.segment(images, local):
+                tile, label = tiles[batch[i]], routed[batch[i]][j] + 1
+                if (box := paste_mask(labels_out, scores, label, mask, iou, tile)) is not None:
+                    boxes[label] = box
+                scores[label], origins[label] = iou, (tile.col, tile.row)
             done += len(batch)
             log(f"{done}/{len(routed)} tiles with prompts ({len(tiles)} in the grid)")
-
-        features = []
-        for k, prompt in enumerate(prompts, start=1):
-            x0, y0, x1, y1 = boxes[k]
-            geometry, pixels = None, 0
-            if x1 > x0:
-                window = rasterio.windows.Window(x0, y0, x1 - x0, y1 - y0)
-                instance = labels_out.read(1, window=window) == k
-                pixels = int(instance.sum())
-                shapes = rasterio.features.shapes(
-                    instance.astype(np.uint8), mask=instance,
-                    transform=labels_out.window_transform(window),
-                )  # fmt: skip
-                polygons = [s["coordinates"] for s, _ in shapes]
-                if len(polygons) == 1:
-                    geometry = {"type": "Polygon", "coordinates": polygons[0]}
-                elif polygons:
-                    geometry = {"type": "MultiPolygon", "coordinates": polygons}
-            properties = {
-                "id": prompt.prompt_id,
-                "label": k,
-                "predicted_iou": round(float(scores[k]), 6),
-                "pixels": pixels,
-                "tile": list(origin[k]),
-            }
-            features.append({"type": "Feature", "geometry": geometry, "properties": properties})
+        features = instance_features(labels_out, prompts, scores, boxes, origins)
         collection = {"type": "FeatureCollection", "features": features}
         if (crs := crs_member(scene.crs)) is not None:
             collection["crs"] = crs

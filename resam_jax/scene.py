@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -140,14 +140,6 @@ def _decode_tiles(graphdef, state, embeddings, points, labels, boxes, multimask,
     return postprocess_masks(low_res, *sizes) > Sam.mask_threshold, iou
 
 
-@dataclasses.dataclass
-class TileResult:
-    """Masks [N, H, W] (bool, in the tile's pixels) and predicted IoUs [N] of a tile's prompts."""
-
-    masks: np.ndarray
-    iou: np.ndarray
-
-
 class TileSegmenter:
     """Encode batches of equally sized tiles once, decode every prompt of each tile against its
     embedding. Tiles are sharded along the ("data",) mesh over this process's devices, the
@@ -179,9 +171,10 @@ class TileSegmenter:
 
     def segment(
         self, images: Sequence[np.ndarray], prompts: Sequence[Sequence[Prompt]]
-    ) -> list[TileResult]:
+    ) -> Iterator[tuple[int, int, np.ndarray, float]]:
         """Tiles (uint8 [H, W, 3], up to `batch_tiles`) and each tile's prompts in its own
-        pixel coordinates -> one TileResult per tile, masks in prompt order."""
+        pixel coordinates -> (tile, prompt, mask [H, W] bool, predicted IoU) for every prompt,
+        one decode call at a time: at most batch_tiles x MAX_PROMPTS_PER_CALL masks are held."""
         if len(images) > self.batch_tiles or len(images) != len(prompts):
             raise ValueError(
                 f"{len(images)} tiles, {len(prompts)} prompt lists, batch {self.batch_tiles}"
@@ -198,10 +191,6 @@ class TileSegmenter:
             self._sharded(content),
             self.pixel_norm,
         )
-
-        h, w = self.tile_shape
-        masks = [np.zeros((len(p), h, w), bool) for p in prompts]
-        ious = [np.zeros(len(p), np.float32) for p in prompts]
         # Prompts with the same number of points and the same box-or-not decode together: SAM's
         # output depends on its token count, so they cannot be padded to a common shape.
         groups: dict[tuple[int, bool], list[list[int]]] = defaultdict(
@@ -227,7 +216,7 @@ class TileSegmenter:
                             boxes[t, s] = scale_coords(
                                 p.box.reshape(2, 2), self.tile_shape, size
                             ).reshape(4)
-                call_masks, call_iou = _decode_tiles(
+                masks, iou = _decode_tiles(
                     self._graphdef,
                     self._state,
                     embeddings,
@@ -237,8 +226,7 @@ class TileSegmenter:
                     self.multimask,
                     (size, self.input_size, self.tile_shape),
                 )
-                call_masks, call_iou = np.asarray(call_masks), np.asarray(call_iou)
+                masks, iou = np.asarray(masks), np.asarray(iou)
                 for t, indices in enumerate(chunk):
                     for s, i in enumerate(indices):
-                        masks[t][i], ious[t][i] = call_masks[t, s], call_iou[t, s]
-        return [TileResult(m, i) for m, i in zip(masks, ious)]
+                        yield t, i, masks[t, s], float(iou[t, s])
