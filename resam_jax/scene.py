@@ -7,12 +7,14 @@ Coordinates are scene pixel indices (x = column, y = row; the centre of pixel (c
 
 Routing. A prompt goes to the tile that contains its extent (its points and box) with the most
 margin, the margin being the distance from the extent to the nearest tile border that lies
-inside the scene (a border on the scene's edge cuts nothing). With tiles overlapping by
-`overlap` pixels the chosen tile keeps at least overlap / 2 pixels of context around the prompt
-in every direction the scene continues, so an object that straddles the border between two
-tiles is segmented whole in the tile nearest to centred on it, provided it reaches no more than
-overlap / 2 beyond its prompt (a box prompt covers its object; a point should be given overlap
-at least the size of the objects). A prompt wider than a tile fits no tile and is refused.
+inside the scene (a border on the scene's edge cuts nothing). Tile centres are tile_size -
+overlap apart, so the chosen tile keeps at least (overlap - w) / 2 pixels of context beyond a
+prompt w pixels wide (overlap / 2 around a point) in every direction the scene continues: an
+object that straddles the border between two tiles is segmented whole in the tile nearest to
+centred on it as long as it reaches no further beyond its prompt (a box prompt covers its
+object; for point prompts choose an overlap of at least twice the objects' size). With
+overlap = tile_size / 2, every tile border is the centre line of another tile. A prompt wider
+than a tile fits no tile and is refused.
 
 Overlaps. Masks of different prompts may overlap (two prompts on one object, masks of
 neighbours that bleed into each other). Each pixel goes to the instance with the highest
@@ -39,6 +41,9 @@ from resam_jax.transforms import scale_coords
 
 # Prompts decoded per tile in one call: bounds the [tiles, prompts, H, W] mask block in memory.
 MAX_PROMPTS_PER_CALL = 16
+# A call's prompt slots are padded to one of these, so that few shapes are compiled (each costs
+# seconds on a CPU, more than decoding a few empty slots).
+SLOT_COUNTS = (1, 4, MAX_PROMPTS_PER_CALL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +208,7 @@ class TileSegmenter:
             calls = -(-max(len(m) for m in members) // MAX_PROMPTS_PER_CALL)
             for call in range(calls):
                 chunk = [m[call * MAX_PROMPTS_PER_CALL :][:MAX_PROMPTS_PER_CALL] for m in members]
-                slots = 1 << (max(len(c) for c in chunk) - 1).bit_length()  # few shapes to compile
+                slots = next(n for n in SLOT_COUNTS if n >= max(len(c) for c in chunk))
                 points = np.zeros((batch, slots, num_points, 2), np.float32)
                 labels = np.full((batch, slots, num_points), -1, np.int32)
                 boxes = np.zeros((batch, slots, 4), np.float32)
