@@ -41,9 +41,6 @@ from resam_jax.transforms import scale_coords
 
 # Prompts decoded per tile in one call: bounds the [tiles, prompts, H, W] mask block in memory.
 MAX_PROMPTS_PER_CALL = 16
-# A call's prompt slots are padded to one of these, so that few shapes are compiled (each costs
-# seconds on a CPU, more than decoding a few empty slots).
-SLOT_COUNTS = (1, 4, MAX_PROMPTS_PER_CALL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +205,7 @@ class TileSegmenter:
             calls = -(-max(len(m) for m in members) // MAX_PROMPTS_PER_CALL)
             for call in range(calls):
                 chunk = [m[call * MAX_PROMPTS_PER_CALL :][:MAX_PROMPTS_PER_CALL] for m in members]
-                slots = next(n for n in SLOT_COUNTS if n >= max(len(c) for c in chunk))
+                slots = 1 << (max(len(c) for c in chunk) - 1).bit_length()  # few shapes to compile
                 points = np.zeros((batch, slots, num_points, 2), np.float32)
                 labels = np.full((batch, slots, num_points), -1, np.int32)
                 boxes = np.zeros((batch, slots, 4), np.float32)

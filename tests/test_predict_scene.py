@@ -215,6 +215,26 @@ def test_straddling_object_goes_to_the_tile_centred_on_it(nwpu_dir, tmp_path, pr
     assert ((labels == 1) != expected).mean() <= 1e-4
 
 
+def test_multimask_keeps_the_best_candidate(nwpu_scene, predictor, tmp_path):
+    root, scene, specs = nwpu_scene
+    x0, y0, x1, y1 = specs[2][2]
+    point = ((x0 + x1) / 2, (y0 + y1) / 2)
+    write_prompts(tmp_path / "point.geojson", [("p", "Point", point, {})], True)
+    args = ["--checkpoint", str(SMALL_SAM), "--image", str(root / "scene.tif")]
+    args += ["--prompts", str(tmp_path / "point.geojson"), "--output", str(tmp_path / "m.tif")]
+    args += ["--vectors", str(tmp_path / "v.geojson"), "--tile-size", str(TILE)]
+    assert main(args + ["--overlap", str(OVERLAP), "--batch-tiles", "2", "--multimask"]) == 0
+    with rasterio.open(tmp_path / "m.tif") as out:
+        labels = out.read(1)
+    properties = json.loads((tmp_path / "v.geojson").read_text())["features"][0]["properties"]
+    col, row = properties["tile"]
+    predictor.set_image(scene[row : row + TILE, col : col + TILE])
+    masks, iou, _ = predictor.predict(np.array([point]) - (col, row), np.array([1]))
+    assert abs(properties["predicted_iou"] - iou.max()) < 1e-4
+    window = labels[row : row + TILE, col : col + TILE] == 1
+    assert (window != masks[np.argmax(iou)]).mean() <= 1e-3 and window.sum() == (labels == 1).sum()
+
+
 def test_tile_grid_and_routing():
     assert tile_origins(1000, 400, 100) == [0, 300, 600]
     assert tile_origins(300, 400, 100) == [0]
