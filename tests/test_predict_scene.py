@@ -387,3 +387,18 @@ def test_tiles_sharded_over_two_devices_give_the_same_labels(small_scene):
             outputs[devices] = labels.read(1)
     assert len(np.unique(outputs[1])) > 3
     assert np.array_equal(outputs[1], outputs[2])
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_jpeg_read_in_windows(nwpu_dir):
+    """A plain JPEG reads tile by tile through rasterio (GDAL's libjpeg, whose decode differs
+    from Pillow's by a few grey levels on some pixels)."""
+    from resam_jax.predict_scene import read_tile
+
+    path = nwpu_dir / "Images" / NWPU_IMAGE
+    decoded = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    with rasterio.open(path) as jpeg:
+        assert jpeg.transform.is_identity and jpeg.crs is None
+        tile = read_tile(jpeg, Tile(100, 50, 384, 300), [1, 2, 3], path)
+    assert tile.shape == (300, 384, 3) and tile.dtype == np.uint8
+    assert np.abs(tile - decoded[50:350, 100:484]).mean() < 1
