@@ -24,7 +24,7 @@ from segment_anything.modeling import (
 )
 
 from resam_jax.model import Sam, SamConfig
-from resam_jax.model.checkpoint import set_frozen_params
+from resam_jax.model.checkpoint import sam_from_params
 from resam_jax.model.params import torch_to_flax
 
 
@@ -94,9 +94,7 @@ def jax_twin(reference: TorchSam, config: SamConfig) -> Sam:
     """The Flax model carrying the reference's weights."""
     params, unexpected = torch_to_flax(numpy_state_dict(reference))
     assert not unexpected, unexpected
-    model = Sam(config, rngs=nnx.Rngs(0))
-    set_frozen_params(model, params)
-    return model
+    return sam_from_params(config, params)
 
 
 def t(x) -> torch.Tensor:

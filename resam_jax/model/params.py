@@ -7,6 +7,7 @@ ConvTranspose2d (2, 3, 0, 1)). `tests/test_model_parity.py` pins all three.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 
@@ -122,8 +123,10 @@ def torch_to_flax(
     return params, unexpected
 
 
+@functools.lru_cache(maxsize=8)  # tracing a ViT-H takes tens of seconds
 def frozen_param_shapes(config: SamConfig) -> dict[tuple, tuple[int, ...]]:
-    """Path -> shape of every non-LoRA variable of a SAM model with `config` (no allocation)."""
+    """Path -> shape of every non-LoRA variable of a SAM model with `config` (no allocation).
+    The cached dict is shared: do not modify it."""
     from resam_jax.model.sam import (
         Sam,
     )  # local: params.py is imported by the converter before jax work
