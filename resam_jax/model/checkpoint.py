@@ -3,6 +3,9 @@
 Layout of a checkpoint directory:
     DIR/sam_checkpoint.json   {"format", "model_type", "config": {...}, "source": {...}}
     DIR/params/               orbax StandardCheckpointer tree (nested dict of float32 arrays)
+
+A run's LoRA export (WORKDIR/export/lora) is an orbax tree of the LoRA parameters alone;
+`fold_lora` adds it into a checkpoint's qkv kernels.
 """
 
 from __future__ import annotations
@@ -161,3 +164,49 @@ def sam_from_params(config: SamConfig, params: Mapping[tuple, np.ndarray]) -> Sa
         }
     )
     return nnx.merge(structure["graphdef"], lora, frozen)
+
+
+def load_lora(directory: str | Path) -> dict[tuple, np.ndarray]:
+    """A run's LoRA export (WORKDIR/export/lora): Flax path -> array."""
+    directory = Path(directory).resolve()
+    try:
+        tree = ocp.StandardCheckpointer().restore(directory)
+    except Exception as e:  # orbax raises many types for a missing or damaged tree
+        raise CheckpointError(
+            f"cannot read {directory} as a LoRA export (a run's export/lora): {e}"
+        ) from None
+    adapters = _flax_paths(tree)
+    if not adapters or any(p[-2:-1] not in (("lora_q",), ("lora_v",)) for p in adapters):
+        raise CheckpointError(
+            f"{directory} is not a LoRA export: expected paths ending in "
+            f"lora_q/lora_a ... lora_v/lora_b, got {sorted(map(str, adapters))[:4]}"
+        )
+    return adapters
+
+
+def fold_lora(
+    params: Mapping[tuple, np.ndarray], adapters: Mapping[tuple, np.ndarray], source: str = "LoRA"
+) -> dict[tuple, np.ndarray]:
+    """SAM's parameters with each block's LoRA folded into its fused qkv projection.
+
+    The block computes x @ qkv.kernel + [x @ A_q @ B_q, 0, x @ A_v @ B_v], so adding A_q @ B_q
+    to the q third of the kernel (columns :dim) and A_v @ B_v to the v third (2*dim:) gives
+    the same function without LoRA. `source` names the adapters in errors.
+    """
+    params = dict(params)
+    for path in sorted({p[:-2] for p in adapters}):  # (..., "attn")
+        kernel_path = path + ("qkv", "kernel")
+        if kernel_path not in params:
+            raise CheckpointError(f"{source}: {'.'.join(map(str, path))} is not a SAM block")
+        kernel = np.array(params[kernel_path])
+        dim = kernel.shape[0]
+        for name, columns in (("lora_q", slice(0, dim)), ("lora_v", slice(2 * dim, 3 * dim))):
+            delta = adapters[path + (name, "lora_a")] @ adapters[path + (name, "lora_b")]
+            if delta.shape != (dim, dim):
+                raise CheckpointError(
+                    f"{source}: {'.'.join(map(str, path + (name,)))} is {delta.shape[0]} wide, "
+                    f"the checkpoint's attention is {dim} wide (a LoRA of another SAM size?)"
+                )
+            kernel[:, columns] += delta.astype(kernel.dtype)
+        params[kernel_path] = kernel
+    return params
