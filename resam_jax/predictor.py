@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from resam_jax.model import Sam, normalize_pixels, postprocess_masks
+from resam_jax.model import PIXEL_NORMS, Sam, normalize_pixels, postprocess_masks
 from resam_jax.transforms import resize_longest_side, scale_coords
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _encode(graphdef, state, image, content_mask):
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _encode(graphdef, state, image, content_mask, pixel_norm):
     model = nnx.merge(graphdef, state)
-    return model.encode(normalize_pixels(image, content_mask, "sam"))
+    return model.encode(normalize_pixels(image, content_mask, pixel_norm))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7, 8, 9, 10))
@@ -44,11 +44,16 @@ class SamPredictor:
 
     Prompts and outputs are in original-image coordinates; images are RGB
     uint8 [H, W, 3], resized with SAM's ResizeLongestSide and padded
-    bottom-right, as Meta's predictor does.
+    bottom-right, as Meta's predictor does. `pixel_norm` is the pixel input the
+    weights expect: "sam" (Meta's SAM) or "unit" ([0, 1], what ReSAM adapts
+    to by default, model.pixel_norm).
     """
 
-    def __init__(self, model: Sam):
+    def __init__(self, model: Sam, pixel_norm: str = "sam"):
+        if pixel_norm not in PIXEL_NORMS:
+            raise ValueError(f"pixel_norm={pixel_norm!r}; expected one of {PIXEL_NORMS}")
         self.model = model
+        self.pixel_norm = pixel_norm
         self.image_size = model.config.image_size
         self._graphdef, self._state = nnx.split(model)
         self.reset_image()
@@ -76,7 +81,7 @@ class SamPredictor:
         padded[0, :h, :w] = resized
         content = np.zeros((1, self.image_size, self.image_size), bool)
         content[0, :h, :w] = True
-        self.features = _encode(self._graphdef, self._state, padded, content)
+        self.features = _encode(self._graphdef, self._state, padded, content, self.pixel_norm)
         self.original_size = tuple(image.shape[:2])
         self.input_size = (h, w)
 
