@@ -50,7 +50,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
-from resam_jax.data.coco import BBOX_TOLERANCE_PX, DataError, is_int, is_number, load_coco_json
+from resam_jax.data.coco import (
+    BBOX_TOLERANCE_PX,
+    DataError,
+    is_int,
+    is_number,
+    load_coco_json,
+    segmentation_problem,
+)
 from resam_jax.predict import PredictError, load_image
 
 
@@ -162,16 +169,13 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _check_inside(prompt: Prompt, size: tuple[int, int], where: str, path: Path) -> None:
-    """Every point and box corner within the image (COCO's rounding tolerance allowed)."""
+    """Every point and box corner within the image, up to the data's bbox rounding tolerance."""
     height, width = size
-    corners = (
-        []
-        if prompt.box is None
-        else [("bbox corner", prompt.box[:2]), ("bbox corner", prompt.box[2:])]
-    )
-    points = [] if prompt.points is None else [("point", p) for p in prompt.points]
-    for what, (x, y) in points + corners:
-        tol = BBOX_TOLERANCE_PX
+    named = [("point", p) for p in ([] if prompt.points is None else prompt.points)]
+    if prompt.box is not None:
+        named += [("bbox corner", prompt.box[:2]), ("bbox corner", prompt.box[2:])]
+    tol = BBOX_TOLERANCE_PX
+    for what, (x, y) in named:
         if not (-tol <= x <= width + tol and -tol <= y <= height + tol):
             raise PredictError(
                 f"{where}: {what} ({x:g}, {y:g}) lies outside the image {path} "
@@ -252,7 +256,7 @@ def coco_result(image_id: int, prompt: Prompt, mask: np.ndarray, score: float) -
     }
 
 
-def predict_images(predictor, images: Sequence[ImagePrompts], multimask: bool, log=print) -> list:
+def predict_images(predictor, images: Sequence[ImagePrompts], multimask: bool) -> list[dict]:
     """COCO results of every prompt; each image is encoded once. With `multimask` the best of
     SAM's three masks by predicted IoU is kept."""
     results = []
@@ -264,7 +268,7 @@ def predict_images(predictor, images: Sequence[ImagePrompts], multimask: bool, l
             )
             best = int(np.argmax(iou))
             results.append(coco_result(image.id, prompt, masks[best], iou[best]))
-        log(f"[{count}/{len(images)}] {image.path.name}: {len(image.prompts)} mask(s)")
+        print(f"[{count}/{len(images)}] {image.path.name}: {len(image.prompts)} mask(s)")
     return results
 
 
@@ -281,7 +285,7 @@ def _quiet_coco(dataset: dict):
 
 def read_ground_truth(path: Path, images: Sequence[ImagePrompts]):
     """The GT file as a pycocotools COCO, checked to hold every prompt's annotation, on the
-    prompt's image, at the image's size."""
+    prompt's image, at the image's size, with a readable mask."""
     try:
         ground_truth = _quiet_coco(load_coco_json(path))
     except DataError as e:
@@ -304,6 +308,10 @@ def read_ground_truth(path: Path, images: Sequence[ImagePrompts]):
                 raise PredictError(
                     f"{path}: no annotation with id {prompt.id} on image id {image.id}; with "
                     "--ground-truth each prompt's id must be the id of the GT annotation it prompts"
+                )
+            if problem := segmentation_problem(annotation.get("segmentation")):
+                raise PredictError(
+                    f"{path}: annotation id {prompt.id}: field 'segmentation': {problem}"
                 )
     return ground_truth
 

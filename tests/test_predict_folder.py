@@ -245,16 +245,34 @@ def test_malformed_json_and_corrupt_image(folder, tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
-def test_ground_truth_must_hold_the_prompted_annotations(folder, results, tmp_path):
+def drop_annotation_13(gt):
+    gt["annotations"] = gt["annotations"][:3]
+
+
+def two_point_polygon(gt):
+    gt["annotations"][1]["segmentation"] = [[1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (drop_annotation_13, "no annotation with id 13 on image id 2"),
+        (two_point_polygon, "annotation id 11: field 'segmentation': polygon 0 has 2 points"),
+    ],
+    ids=["missing-annotation", "bad-segmentation"],
+)
+def test_ground_truth_must_hold_the_prompted_annotations(
+    folder, results, tmp_path, change, message
+):
     entries, _ = results
     gt = ground_truth_with({r["prompt_id"]: mask_utils.decode(r["segmentation"]) for r in entries})
-    gt["annotations"] = gt["annotations"][:3]
+    change(gt)
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     code, log = run(
         "--checkpoint", DEMO_SAM_CHECKPOINT, "--images", folder, "--prompts",
         folder / "prompts.json", "--output", tmp_path / "r.json", "--ground-truth", tmp_path / "gt.json",
     )  # fmt: skip
-    assert code == 2 and "no annotation with id 13 on image id 2" in log, log
+    assert code == 2 and message in log and str(tmp_path / "gt.json") in log, log
     assert not (tmp_path / "r.json").exists()
 
 

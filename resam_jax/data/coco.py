@@ -319,7 +319,7 @@ def _parse_annotations(
                 )
             )
             continue
-        problem = _segmentation_problem(entry.get("segmentation"))
+        problem = segmentation_problem(entry.get("segmentation"))
         if problem:
             skips.append(Skip(file, label, f"bad segmentation: {problem}"))
             continue
@@ -348,7 +348,8 @@ def _parse_annotations(
     return by_image
 
 
-def _segmentation_problem(segmentation: Any) -> str | None:
+def segmentation_problem(segmentation: Any) -> str | None:
+    """What makes a COCO segmentation unreadable (without the image size), or None."""
     if isinstance(segmentation, list):
         if not segmentation:
             return "empty polygon list"
