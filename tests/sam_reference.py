@@ -229,3 +229,14 @@ def public_forward(sam, images, prompt):
     )
     masks = F.interpolate(low_res, images.shape[-2:], mode="bilinear", align_corners=False)
     return embedding, masks[:, 0], iou
+
+
+def assert_same_prediction(expected, actual):
+    """SamPredictor.predict outputs (masks, IoU, low-res logits) of the reference and ours agree
+    within the tiny-config parity bounds."""
+    masks, iou, low_res = expected
+    actual_masks, actual_iou, actual_low_res = actual
+    assert actual_masks.shape == masks.shape and actual_masks.dtype == masks.dtype
+    np.testing.assert_allclose(actual_low_res, low_res, atol=1e-3)
+    np.testing.assert_allclose(actual_iou, iou, atol=1e-4)
+    assert (actual_masks != masks).mean() <= 1e-3

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from sam_reference import build_reference
+from sam_reference import assert_same_prediction, build_reference
 from segment_anything import SamPredictor as TorchPredictor
-from test_predictor import assert_same_prediction
 
 from resam_jax.model import load_sam, sam_config
 from resam_jax.predictor import SamPredictor
@@ -117,6 +116,15 @@ def test_folding_here_equals_the_runs_merged_export(converted, adapted, tmp_path
     assert export("--checkpoint", ckpt, "--lora", lora, "--output", tmp_path / "b.pth") == 0
     a, b = torch_load(tmp_path / "a.pth"), torch_load(tmp_path / "b.pth")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_summary_says_how_to_load_and_which_pixels(tmp_path, capsys):
+    from resam_jax.config import SMALL_NWPU_SAM_CHECKPOINT  # records pixel_norm "unit"
+
+    assert export("--checkpoint", SMALL_NWPU_SAM_CHECKPOINT, "--output", tmp_path / "s.pth") == 0
+    summary = capsys.readouterr().out
+    assert "SAM small is not in sam_model_registry" in summary, summary
+    assert "sam.pixel_mean.zero_() and sam.pixel_std.fill_(255.0)" in summary, summary
 
 
 def assert_refused(capsys, output, *fragments):

@@ -169,6 +169,14 @@ def test_real_nwpu_images_with_the_small_sam(nwpu_dir, tmp_path):
     assert 10 < iou <= 100, log  # box prompts on the pretrained small SAM find the objects
 
 
+def test_pixel_input_defaults_to_the_checkpoints_record():
+    from resam_jax.predict import _load_predictor
+
+    assert _load_predictor(SMALL_NWPU_SAM_CHECKPOINT, "auto").pixel_norm == "unit"
+    assert _load_predictor(DEMO_SAM_CHECKPOINT, "auto").pixel_norm == "sam"  # no record
+    assert _load_predictor(SMALL_NWPU_SAM_CHECKPOINT, "sam").pixel_norm == "sam"
+
+
 def with_changes(change) -> dict:
     prompts = json.loads(json.dumps(PROMPTS))
     change(prompts)
