@@ -40,8 +40,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +56,7 @@ from resam_jax.data.coco import (
     load_coco_json,
     segmentation_problem,
 )
+from resam_jax.files import staged
 from resam_jax.predict import PredictError, load_image
 
 
@@ -339,11 +338,5 @@ def score_results(ground_truth, results: Sequence[dict]) -> dict[str, float]:
 
 def write_json(path: Path, value: Any) -> None:
     """`value` as JSON at `path`, written under a temporary name and renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(value, f)
-        os.replace(staging, path)
-    finally:
-        Path(staging).unlink(missing_ok=True)
+    with staged(path) as staging:
+        staging.write_text(json.dumps(value))

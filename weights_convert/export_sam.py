@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from resam_jax.files import staged
 from resam_jax.model.checkpoint import (
     CheckpointError,
     fold_lora,
@@ -49,18 +48,11 @@ def write_state_dict(state_dict: dict, output: Path) -> None:
     """torch.save under a temporary name beside `output`, then rename: never half-written."""
     import torch
 
-    staging = None
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-        os.close(handle)
-        torch.save({k: torch.tensor(v) for k, v in state_dict.items()}, staging)
-        os.replace(staging, output)
-    except OSError as e:  # a full disk, a read-only folder: say so and leave nothing behind
+        with staged(output) as staging:
+            torch.save({k: torch.tensor(v) for k, v in state_dict.items()}, staging)
+    except OSError as e:  # a full disk, a read-only folder: say so
         raise ConversionError(f"cannot write {output}: {e}") from None
-    finally:
-        if staging is not None:
-            Path(staging).unlink(missing_ok=True)
 
 
 def _in_registry(config: SamConfig) -> bool:
