@@ -297,3 +297,24 @@ def test_flag_combinations_and_exit_code_from_the_shell(folder, tmp_path):
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr == f"error: --images {tmp_path / 'nowhere'} is not a folder\n"
+
+
+def test_multimask_keeps_the_mask_with_the_best_predicted_iou(folder):
+    from resam_jax.predict_folder import ImagePrompts, Prompt, predict_images
+
+    class ThreeMasks:
+        def set_image(self, image):
+            self.shape = image.shape[:2]
+
+        def predict(self, points, labels, box, multimask_output):
+            assert multimask_output
+            masks = np.zeros((3, *self.shape), bool)
+            masks[1, :5] = True
+            return masks, np.array([0.1, 0.9, 0.5], np.float32), None
+
+    prompt = Prompt(id=4, category_id=1, points=None, labels=None, box=np.zeros(4, np.float32))
+    image = ImagePrompts(id=1, path=folder / "a.png", size=SIZES["a.png"], prompts=(prompt,))
+    (result,) = predict_images(ThreeMasks(), [image], multimask=True)
+    assert result["score"] == pytest.approx(0.9)
+    assert mask_utils.decode(result["segmentation"])[:5].all()
+    assert mask_utils.area(result["segmentation"]) == 5 * SIZES["a.png"][1]
