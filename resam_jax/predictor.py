@@ -19,24 +19,16 @@ def _encode(graphdef, state, image, content_mask, pixel_norm):
     return model.encode(normalize_pixels(image, content_mask, pixel_norm))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7, 8, 9, 10))
-def _decode(
-    graphdef,
-    state,
-    embedding,
-    points,
-    labels,
-    boxes,
-    mask_input,
-    multimask,
-    image_size,
-    input_size,
-    original_size,
-):
+@functools.partial(jax.jit, static_argnums=(0, 7))
+def _decode(graphdef, state, embedding, points, labels, boxes, mask_input, multimask):
     model = nnx.merge(graphdef, state)
     low_res, iou = model.decode(embedding, points, labels, boxes, mask_input, multimask)
-    low_res, iou = low_res[0, 0], iou[0, 0]  # the one image, the one prompt
-    return postprocess_masks(low_res, image_size, input_size, original_size), iou, low_res
+    return low_res[0, 0], iou[0, 0]  # the one image, the one prompt
+
+
+# Apart from _decode so that an image of a new size recompiles only these resizes, not the
+# mask decoder (seconds on a CPU, for every image of a folder of mixed sizes).
+_postprocess = jax.jit(postprocess_masks, static_argnums=(1, 2, 3))
 
 
 class SamPredictor:
@@ -120,7 +112,7 @@ class SamPredictor:
             boxes = jnp.asarray(corners.reshape(1, 1, 4), jnp.float32)
         if mask_input is not None:
             masks = jnp.asarray(mask_input, jnp.float32).reshape(1, 1, *np.shape(mask_input)[-2:])
-        full, iou, low_res = _decode(
+        low_res, iou = _decode(
             self._graphdef,
             self._state,
             self.features,
@@ -129,11 +121,10 @@ class SamPredictor:
             boxes,
             masks,
             bool(multimask_output),
-            self.image_size,
-            self.input_size,
-            self.original_size,
         )
-        full = np.asarray(full)
+        full = np.asarray(
+            _postprocess(low_res, self.image_size, self.input_size, self.original_size)
+        )
         if not return_logits:
             full = full > Sam.mask_threshold
         return full, np.asarray(iou), np.asarray(low_res)
