@@ -4,7 +4,8 @@ The bottom of the package: it imports ml_collections and the data schema
 (resam_jax/data/config.py) only, and every layer above reads from it. Sections and who reads
 them:
     method, optim, eval, model.pixel_norm, train.num_epochs   the train and eval steps
-    data       resam_jax.data.config.DataConfig, plus the run-only keys in RUN_DATA_KEYS
+    data       resam_jax.data.config.DataConfig's fields, plus keys the run reads itself
+               (manual_dir, train_split, eval_split, synthetic_*): run/setup.host_data_config
     model      which SAM and which LoRA; model.checkpoint is a converted SAM directory
     train      the loop: length, logging, checkpoints, evaluation, overlays
 
@@ -20,9 +21,6 @@ from pathlib import Path
 import ml_collections
 
 from resam_jax.data.config import DataConfig
-
-# Keys of config.data that the run reads itself; the others are DataConfig fields.
-RUN_DATA_KEYS = ("manual_dir", "train_split", "eval_split", "synthetic_images", "synthetic_style")
 
 # The tiny SAM shipped with the package for the demo (tools/pretrain_tiny_sam.py made it),
 # found next to the code so the demo runs from any working directory.

@@ -1,8 +1,11 @@
-"""Segment one image with a converted SAM checkpoint from point and box prompts.
+"""Segment one image with a converted SAM checkpoint from point and box prompts, or a whole
+folder from COCO-style prompts (resam_jax/predict_folder.py says the format).
 
     python -m resam_jax.predict --checkpoint weights/sam_vit_b --image ship.png \\
         --point 420,310,1 --point 100,80,0 --box 380,260,470,360 --multimask \\
         --output ship.npz --overlay ship.png
+    python -m resam_jax.predict --checkpoint weights/sam_vit_b --images scenes/ \\
+        --prompts prompts.json --output results.json [--ground-truth instances.json]
 
 Coordinates are pixels of the original image; a point's label is 1 (object)
 or 0 (background). The .npz holds `masks` (bool [M, H, W]), `iou_predictions`
@@ -79,61 +82,132 @@ def draw_overlay(image: np.ndarray, masks: np.ndarray, points, box) -> Image.Ima
     return overlay
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m resam_jax.predict",
-        description="Predict SAM masks for one image from point / box prompts.",
+        description="Predict SAM masks for one image from point / box prompts, or for a folder "
+        "of images from COCO-style prompts.",
     )
     parser.add_argument(
         "--checkpoint", required=True, type=Path, help="converted checkpoint directory"
     )
-    parser.add_argument("--image", required=True, type=Path)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", type=Path, help="one image, prompted by --point / --box")
+    source.add_argument(
+        "--images", type=Path, help="a folder of images, prompted by --prompts (COCO style)"
+    )
     parser.add_argument(
         "--point", action="append", default=[], type=parse_point, metavar="X,Y,LABEL"
     )
     parser.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1")
     parser.add_argument(
-        "--multimask", action="store_true", help="three candidate masks instead of one"
+        "--prompts", type=Path, help="with --images: prompts.json (resam_jax/predict_folder.py)"
     )
-    parser.add_argument("--output", required=True, type=Path, help="OUT.npz")
+    parser.add_argument(
+        "--ground-truth",
+        type=Path,
+        help="with --images: COCO instances JSON; prints the masks' evaluation table",
+    )
+    parser.add_argument(
+        "--multimask",
+        action="store_true",
+        help="three candidate masks instead of one (--images: the best by predicted IoU is kept)",
+    )
+    parser.add_argument(
+        "--pixel-norm",
+        default="auto",
+        help="pixel input of the weights: sam | unit ([0, 1]); auto (default) takes the "
+        "checkpoint's record, else sam",
+    )
+    parser.add_argument(
+        "--output", required=True, type=Path, help="OUT.npz (--image) or results.json (--images)"
+    )
     parser.add_argument(
         "--overlay", type=Path, help="OUT.png: the image with masks and prompts drawn"
     )
     args = parser.parse_args(argv)
-    if not args.point and args.box is None:
-        parser.error("give at least one --point or a --box")
+    if args.image is not None:
+        if not args.point and args.box is None:
+            parser.error("give at least one --point or a --box")
+        if args.prompts or args.ground_truth:
+            parser.error("--prompts and --ground-truth go with --images, not --image")
+    else:
+        if args.prompts is None:
+            parser.error("--images needs --prompts prompts.json")
+        if args.point or args.box is not None or args.overlay:
+            parser.error(
+                "--point, --box and --overlay go with --image; give --images prompts in --prompts"
+            )
+    return args
 
-    from resam_jax.model import CheckpointError, CheckpointMismatchError, load_sam
+
+def _load_predictor(checkpoint: Path, pixel_norm: str):
+    from resam_jax.model import PIXEL_NORMS, CheckpointError, CheckpointMismatchError, load_sam
+    from resam_jax.model.checkpoint import read_header
     from resam_jax.predictor import SamPredictor
 
     try:
-        image = load_image(args.image)
-        try:
-            model = load_sam(args.checkpoint)
-        except (CheckpointError, CheckpointMismatchError) as e:
-            raise PredictError(str(e)) from None
-        predictor = SamPredictor(model)
-        predictor.set_image(image)
-        points = np.asarray([p[:2] for p in args.point], np.float32) if args.point else None
-        labels = np.asarray([p[2] for p in args.point], np.int32) if args.point else None
-        box = np.asarray(args.box, np.float32) if args.box is not None else None
-        masks, iou, low_res = predictor.predict(
-            points, labels, box, multimask_output=args.multimask
-        )
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(args.output, masks=masks, iou_predictions=iou, low_res_logits=low_res)
-        if args.overlay:
-            args.overlay.parent.mkdir(parents=True, exist_ok=True)
-            draw_overlay(image, masks, args.point, args.box).save(args.overlay)
+        if pixel_norm == "auto":
+            pixel_norm = read_header(checkpoint).get("source", {}).get("pixel_norm", "sam")
+        model = load_sam(checkpoint)
+    except (CheckpointError, CheckpointMismatchError) as e:
+        raise PredictError(str(e)) from None
+    if pixel_norm not in PIXEL_NORMS:
+        raise PredictError(f"--pixel-norm must be auto or one of {PIXEL_NORMS}, got {pixel_norm!r}")
+    return SamPredictor(model, pixel_norm)
+
+
+def _predict_image(args: argparse.Namespace) -> str:
+    image = load_image(args.image)
+    predictor = _load_predictor(args.checkpoint, args.pixel_norm)
+    predictor.set_image(image)
+    points = np.asarray([p[:2] for p in args.point], np.float32) if args.point else None
+    labels = np.asarray([p[2] for p in args.point], np.int32) if args.point else None
+    box = np.asarray(args.box, np.float32) if args.box is not None else None
+    masks, iou, low_res = predictor.predict(points, labels, box, multimask_output=args.multimask)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.output, masks=masks, iou_predictions=iou, low_res_logits=low_res)
+    if args.overlay:
+        args.overlay.parent.mkdir(parents=True, exist_ok=True)
+        draw_overlay(image, masks, args.point, args.box).save(args.overlay)
+    scores = ", ".join(f"{s:.3f}" for s in iou)
+    return f"{len(masks)} mask(s) of {masks.shape[1]}x{masks.shape[2]} -> {args.output} (predicted IoU {scores})"
+
+
+def _predict_folder(args: argparse.Namespace) -> str:
+    from resam_jax import predict_folder
+
+    # Every input is checked before the model is loaded and anything is written.
+    images = predict_folder.read_prompts(args.prompts, args.images)
+    ground_truth = None
+    if args.ground_truth is not None:
+        ground_truth = predict_folder.read_ground_truth(args.ground_truth, images)
+    predictor = _load_predictor(args.checkpoint, args.pixel_norm)
+    results = predict_folder.predict_images(predictor, images, args.multimask)
+    predict_folder.write_json(args.output, results)
+    summary = f"{len(results)} mask(s) of {len(images)} image(s) -> {args.output} (COCO results)"
+    if ground_truth is None:
+        return summary
+    from resam_jax.run.reporting import evaluation_table
+
+    scores = predict_folder.score_results(ground_truth, results)
+    return summary + "\n" + evaluation_table([(f"{args.prompts.name}", scores)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        message = _predict_folder(args) if args.images is not None else _predict_image(args)
     except PredictError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    scores = ", ".join(f"{s:.3f}" for s in iou)
-    print(
-        f"{len(masks)} mask(s) of {masks.shape[1]}x{masks.shape[2]} -> {args.output} (predicted IoU {scores})"
-    )
+    print(message)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under -m this file is `__main__`, and resam_jax.predict_folder imports a second copy as
+    # resam_jax.predict: run that copy's main so that one PredictError class is raised and caught.
+    from resam_jax.predict import main as imported_main
+
+    sys.exit(imported_main())

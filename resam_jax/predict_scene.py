@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resam_jax.files import staged
 from resam_jax.scene import Prompt, Tile, paste_instance, route, tile_grid
 
 GEO_EXTRA = 'pip install -e ".[geo]"'
@@ -218,22 +218,6 @@ def crs_member(crs) -> dict | None:
     return {"type": "name", "properties": {"name": name}}
 
 
-@contextlib.contextmanager
-def temporary_beside(path: Path, suffix: str) -> Iterator[Path]:
-    """A temporary file in `path`'s folder (so that the final rename is atomic), removed
-    unless renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)  # mkstemp's 0600 would carry over to the output
-    try:
-        yield Path(name)
-    finally:
-        Path(name).unlink(missing_ok=True)
-
-
 def route_prompts(
     prompts: list[Prompt], tiles: list[Tile], scene, prompts_path: Path, tile_size: int
 ) -> dict[int, list[int]]:
@@ -350,9 +334,19 @@ def segment_scene(
         routed = route_prompts(prompts, tiles, scene, prompts_path, tile_size)
 
         label_dtype = "uint16" if len(prompts) < 2**16 else "uint32"
-        work = stack.enter_context(temporary_beside(output, ".work.tif"))
-        final = stack.enter_context(temporary_beside(output, ".tif"))
-        vectors_tmp = stack.enter_context(temporary_beside(vectors, ".geojson"))
+        # Renamed into place together at the end of the block, removed on any failure.
+        final = stack.enter_context(staged(output))
+        vectors_tmp = stack.enter_context(staged(vectors))
+        # The labels are merged in an uncompressed scratch file (windows are rewritten as
+        # instances arrive), compressed into `final` at the end.
+        work = (
+            Path(
+                stack.enter_context(
+                    tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.")
+                )
+            )
+            / "work.tif"
+        )
         labels_out = stack.enter_context(
             rasterio.open(
                 work, "w+", driver="GTiff", width=scene.width, height=scene.height, count=1,
@@ -385,9 +379,7 @@ def segment_scene(
         labels_out.close()
         rasterio.shutil.copy(work, final, driver="GTiff", COMPRESS="DEFLATE", TILED="YES")
         vectors_tmp.write_text(json.dumps(collection) + "\n")
-        os.replace(final, output)
-        os.replace(vectors_tmp, vectors)
-        return {
+        summary = {
             "scene": f"{scene.width}x{scene.height}",
             "prompts": len(prompts),
             "tiles": len(tiles),
@@ -396,6 +388,7 @@ def segment_scene(
             "seconds": round(time.perf_counter() - started, 2),
             "instances_with_pixels": sum(f["properties"]["pixels"] > 0 for f in features),
         }
+    return summary
 
 
 def parse_bands(text: str) -> list[int]:
@@ -405,7 +398,7 @@ def parse_bands(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--bands must be like 1,2,3 or 1, got {text!r}") from None
 
 
-def model_loader(checkpoint: Path, pixel_norm: str | None) -> Callable[[], tuple[object, str]]:
+def model_loader(checkpoint: Path, pixel_norm: str) -> Callable[[], tuple[object, str]]:
     def load():
         from resam_jax.model import CheckpointError, CheckpointMismatchError, load_sam
         from resam_jax.model.checkpoint import read_header
@@ -415,8 +408,10 @@ def model_loader(checkpoint: Path, pixel_norm: str | None) -> Callable[[], tuple
             model = load_sam(checkpoint)
         except (CheckpointError, CheckpointMismatchError) as e:
             raise SceneError(str(e)) from None
-        # A checkpoint made by this project records the pixel scale it was trained with.
-        return model, pixel_norm or header.get("source", {}).get("pixel_norm", "sam")
+        if pixel_norm != "auto":
+            return model, pixel_norm
+        # What the checkpoint records (as resam_jax.predict reads it), else SAM's own.
+        return model, header.get("source", {}).get("pixel_norm", "sam")
 
     return load
 
@@ -457,8 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pixel-norm",
-        choices=("sam", "unit"),
-        help="default: what the checkpoint was trained with",
+        choices=("auto", "sam", "unit"),
+        default="auto",
+        help="pixel input of the weights; auto: what the checkpoint records, else sam",
     )
     args = parser.parse_args(argv)
     if args.tile_size is not None and args.tile_size < 16:

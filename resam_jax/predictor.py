@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from resam_jax.model import Sam, normalize_pixels, postprocess_masks
+from resam_jax.model import PIXEL_NORMS, Sam, normalize_pixels, postprocess_masks
 from resam_jax.transforms import resize_longest_side, scale_coords
 
 
@@ -17,6 +17,13 @@ from resam_jax.transforms import resize_longest_side, scale_coords
 def _encode(graphdef, state, image, content_mask, pixel_norm):
     model = nnx.merge(graphdef, state)
     return model.encode(normalize_pixels(image, content_mask, pixel_norm))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7))
+def _decode(graphdef, state, embedding, points, labels, boxes, mask_input, multimask):
+    model = nnx.merge(graphdef, state)
+    low_res, iou = model.decode(embedding, points, labels, boxes, mask_input, multimask)
+    return low_res[0, 0], iou[0, 0]  # the one image, the one prompt
 
 
 def prepare_image(image: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -31,24 +38,9 @@ def prepare_image(image: np.ndarray, image_size: int) -> tuple[np.ndarray, np.nd
     return padded, content, (h, w)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7, 8, 9, 10))
-def _decode(
-    graphdef,
-    state,
-    embedding,
-    points,
-    labels,
-    boxes,
-    mask_input,
-    multimask,
-    image_size,
-    input_size,
-    original_size,
-):
-    model = nnx.merge(graphdef, state)
-    low_res, iou = model.decode(embedding, points, labels, boxes, mask_input, multimask)
-    low_res, iou = low_res[0, 0], iou[0, 0]  # the one image, the one prompt
-    return postprocess_masks(low_res, image_size, input_size, original_size), iou, low_res
+# Apart from _decode so that an image of a new size recompiles only these resizes, not the
+# mask decoder (seconds on a CPU, for every image of a folder of mixed sizes).
+_postprocess = jax.jit(postprocess_masks, static_argnums=(1, 2, 3))
 
 
 class SamPredictor:
@@ -56,11 +48,14 @@ class SamPredictor:
 
     Prompts and outputs are in original-image coordinates; images are RGB
     uint8 [H, W, 3], resized with SAM's ResizeLongestSide and padded
-    bottom-right, as Meta's predictor does. `pixel_norm` is SAM's own ("sam") or the
-    [0, 1] input the public ReSAM code and the packaged small SAM use ("unit").
+    bottom-right, as Meta's predictor does. `pixel_norm` is the pixel input the
+    weights expect: "sam" (Meta's SAM) or "unit" ([0, 1], what ReSAM adapts
+    to by default, model.pixel_norm).
     """
 
     def __init__(self, model: Sam, pixel_norm: str = "sam"):
+        if pixel_norm not in PIXEL_NORMS:
+            raise ValueError(f"pixel_norm={pixel_norm!r}; expected one of {PIXEL_NORMS}")
         self.model = model
         self.pixel_norm = pixel_norm
         self.image_size = model.config.image_size
@@ -126,7 +121,7 @@ class SamPredictor:
             boxes = jnp.asarray(corners.reshape(1, 1, 4), jnp.float32)
         if mask_input is not None:
             masks = jnp.asarray(mask_input, jnp.float32).reshape(1, 1, *np.shape(mask_input)[-2:])
-        full, iou, low_res = _decode(
+        low_res, iou = _decode(
             self._graphdef,
             self._state,
             self.features,
@@ -135,11 +130,10 @@ class SamPredictor:
             boxes,
             masks,
             bool(multimask_output),
-            self.image_size,
-            self.input_size,
-            self.original_size,
         )
-        full = np.asarray(full)
+        full = np.asarray(
+            _postprocess(low_res, self.image_size, self.input_size, self.original_size)
+        )
         if not return_logits:
             full = full > Sam.mask_threshold
         return full, np.asarray(iou), np.asarray(low_res)

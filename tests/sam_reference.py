@@ -24,7 +24,7 @@ from segment_anything.modeling import (
 )
 
 from resam_jax.model import Sam, SamConfig
-from resam_jax.model.checkpoint import set_frozen_params
+from resam_jax.model.checkpoint import sam_from_params
 from resam_jax.model.params import torch_to_flax
 
 
@@ -94,9 +94,7 @@ def jax_twin(reference: TorchSam, config: SamConfig) -> Sam:
     """The Flax model carrying the reference's weights."""
     params, unexpected = torch_to_flax(numpy_state_dict(reference))
     assert not unexpected, unexpected
-    model = Sam(config, rngs=nnx.Rngs(0))
-    set_frozen_params(model, params)
-    return model
+    return sam_from_params(config, params)
 
 
 def t(x) -> torch.Tensor:
@@ -159,30 +157,15 @@ def demo_sam(
 
 
 def torch_twin(model: Sam) -> TorchSam:
-    """The reference SAM carrying the Flax model's frozen weights (the inverse of jax_twin).
-
-    Each torch tensor is filled through the converter's own mapping (`_map_key`) applied to its
-    element indices, so every layout transform is inverted exactly; the round trip is checked.
-    """
-    from resam_jax.model.params import _map_key
+    """The reference SAM carrying the Flax model's frozen weights (the inverse of jax_twin),
+    through the exporter's mapping (`flax_to_torch`); the round trip is checked."""
+    from resam_jax.model.params import flax_to_torch
 
     frozen = nnx.state(model, nnx.Not(nnx.LoRAParam))
     flat = {path: np.array(v.get_value()) for path, v in nnx.to_flat_state(frozen)}
     reference = build_reference(model.config)
-    point_embeddings = flat[("prompt_encoder", "point_embeddings")]
-    with torch.no_grad():
-        for key, tensor in reference.state_dict().items():
-            if key.endswith(("pixel_mean", "pixel_std")):
-                continue
-            if key.startswith("prompt_encoder.point_embeddings."):
-                row = int(key.split(".")[2])
-                tensor.copy_(torch.from_numpy(point_embeddings[row][None]))
-                continue
-            index = np.arange(tensor.numel()).reshape(tuple(tensor.shape))
-            path, moved = _map_key(key, index)
-            values = np.empty(tensor.numel(), np.float32)
-            values[np.asarray(moved).ravel()] = flat[path].ravel()
-            tensor.copy_(torch.from_numpy(values.reshape(tuple(tensor.shape))))
+    state_dict = {k: torch.from_numpy(v) for k, v in flax_to_torch(flat).items()}
+    reference.load_state_dict(state_dict)  # strict: every key of the reference, no other
     params, unexpected = torch_to_flax(numpy_state_dict(reference))
     assert not unexpected, unexpected
     assert params.keys() == flat.keys(), params.keys() ^ flat.keys()
@@ -246,3 +229,14 @@ def public_forward(sam, images, prompt):
     )
     masks = F.interpolate(low_res, images.shape[-2:], mode="bilinear", align_corners=False)
     return embedding, masks[:, 0], iou
+
+
+def assert_same_prediction(expected, actual):
+    """SamPredictor.predict outputs (masks, IoU, low-res logits) of the reference and ours agree
+    within the tiny-config parity bounds."""
+    masks, iou, low_res = expected
+    actual_masks, actual_iou, actual_low_res = actual
+    assert actual_masks.shape == masks.shape and actual_masks.dtype == masks.dtype
+    np.testing.assert_allclose(actual_low_res, low_res, atol=1e-3)
+    np.testing.assert_allclose(actual_iou, iou, atol=1e-4)
+    assert (actual_masks != masks).mean() <= 1e-3

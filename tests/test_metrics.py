@@ -127,11 +127,16 @@ def test_empty_accumulator_is_an_error():
 
 
 @pytest.mark.parametrize("prompt", ["points", "boxes"])
-def test_eval_step_counts_match_a_direct_computation(prompt):
+def test_eval_step_counts_match_the_reference_sam(prompt):
+    """The eval step's confusion counts against an independent computation: Meta's
+    segment-anything carrying the same weights (sam_reference.torch_twin), fed [0, 1] pixels
+    zeroed in the padding, single-mask decode, bilinear upsampling, logits >= 0.5, counts in
+    NumPy."""
+    import torch
+    from sam_reference import public_forward, torch_twin
     from test_train_step import make_batch, make_config, make_model
 
     from resam_jax.evaluate import make_eval_step
-    from resam_jax.model import normalize_pixels, upsample_logits
     from resam_jax.train_state import split_model
 
     model = make_model()
@@ -139,29 +144,30 @@ def test_eval_step_counts_match_a_direct_computation(prompt):
     config = make_config()
     config.eval.prompt = prompt
     batch = make_batch(0)
-    out = jax.jit(make_eval_step(graphdef, config))(lora, frozen, batch)
+    with jax.default_matmul_precision("float32"):
+        out = jax.jit(make_eval_step(graphdef, config))(lora, frozen, batch)
 
-    images = normalize_pixels(batch["weak_image"], batch["content_mask"], config.model.pixel_norm)
-    prompts = (
-        {"points": batch["points"], "point_labels": batch["point_labels"]}
-        if prompt == "points"
-        else {"boxes": batch["boxes"]}
-    )
-    low_res, _ = model.decode(model.encode(images), **prompts)
-    pred = np.asarray(upsample_logits(low_res[:, :, 0], images.shape[1])) >= 0.5
+    reference = torch_twin(model).eval()
+    pixels = batch["weak_image"] / np.float32(255.0) * batch["content_mask"][..., None]
+    images = torch.from_numpy(pixels.astype(np.float32)).permute(0, 3, 1, 2)
+    logits = []
+    with torch.no_grad():
+        for b in range(len(images)):
+            if prompt == "points":
+                query = (
+                    torch.from_numpy(batch["points"][b]),
+                    torch.from_numpy(batch["point_labels"][b]),
+                )
+            else:
+                query = torch.from_numpy(batch["boxes"][b])
+            logits.append(public_forward(reference, images[b : b + 1], query)[1].numpy())
+    pred = np.stack(logits) >= 0.5
     gt, valid = batch["masks"], batch["instance_valid"]
-    want = (
-        np.stack(
-            [
-                (pred & gt).sum((2, 3)),
-                (pred & ~gt).sum((2, 3)),
-                (~pred & gt).sum((2, 3)),
-                (~pred & ~gt).sum((2, 3)),
-            ],
-            axis=-1,
-        )
-        * valid[..., None]
-    )
-    np.testing.assert_array_equal(out["counts"], want)
+    want = np.stack(
+        [(pred & gt).sum((2, 3)), (pred & ~gt).sum((2, 3)), (~pred & gt).sum((2, 3)), (~pred & ~gt).sum((2, 3))],
+        axis=-1,
+    ) * valid[..., None]  # fmt: skip
+    # Pixels whose logit sits within float noise of the threshold may flip: allow a handful.
+    np.testing.assert_allclose(out["counts"], want, atol=3)
     np.testing.assert_array_equal(out["instance_valid"], valid)
-    assert want[valid][:, 0].sum() > 0  # the comparison is not between two empty predictions
+    assert want[valid][:, 0].sum() > 100  # real predictions, not two empty masks

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sam_reference import build_reference
+from sam_reference import assert_same_prediction, build_reference
 from segment_anything import SamPredictor as TorchPredictor
 
 from resam_jax.model import sam_config
@@ -41,15 +41,6 @@ def predictors(setup):
     torch_predictor.set_image(image)
     jax_predictor.set_image(image)
     return torch_predictor, jax_predictor
-
-
-def assert_same_prediction(expected, actual):
-    masks, iou, low_res = expected
-    actual_masks, actual_iou, actual_low_res = actual
-    assert actual_masks.shape == masks.shape and actual_masks.dtype == masks.dtype
-    np.testing.assert_allclose(actual_low_res, low_res, atol=1e-3)
-    np.testing.assert_allclose(actual_iou, iou, atol=1e-4)
-    assert (actual_masks != masks).mean() <= 1e-3
 
 
 @pytest.mark.parametrize(

@@ -122,7 +122,7 @@ def read_split(
     Images listed in `excluded_image_ids` (known-bad files of a published release) and
     images left without any instance are skipped and reported like every other rejection.
     """
-    data = _load_json(annotation_file)
+    data = load_coco_json(annotation_file)
     file = str(annotation_file)
     skips: list[Skip] = []
 
@@ -143,7 +143,8 @@ def read_split(
     return SplitContents(annotation_file, tuple(records), tuple(skips))
 
 
-def _load_json(path: Path) -> dict[str, Any]:
+def load_coco_json(path: Path) -> dict[str, Any]:
+    """A COCO file's top-level object, with 'images' and 'annotations' lists (else DataError)."""
     if not path.is_file():
         raise DataError(f"expected the annotation file {path}, but it does not exist")
     try:
@@ -183,11 +184,11 @@ class _ImageEntry:
         return f"images[{self.index}] (id {self.image_id}, {self.file_name})"
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -209,7 +210,7 @@ def _parse_images(
             )
             continue
         image_id, file_name = entry.get("id"), entry.get("file_name")
-        if not _is_int(image_id):
+        if not is_int(image_id):
             skips.append(
                 Skip(
                     file, label, f"malformed image entry: 'id' must be an integer, got {image_id!r}"
@@ -228,7 +229,7 @@ def _parse_images(
             continue
         size = [entry.get("height"), entry.get("width")]
         # height/width are optional: the decoded file is authoritative when they are absent.
-        if any(v is not None and not (_is_int(v) and v > 0) for v in size):
+        if any(v is not None and not (is_int(v) and v > 0) for v in size):
             skips.append(
                 Skip(
                     file,
@@ -300,7 +301,7 @@ def _parse_annotations(
         if image_id in excluded:
             skips.append(Skip(file, label, f"image skipped: {excluded[image_id]} was rejected"))
             continue
-        if not _is_int(image_id) or image_id not in images:
+        if not is_int(image_id) or image_id not in images:
             skips.append(
                 Skip(
                     file,
@@ -318,13 +319,13 @@ def _parse_annotations(
                 )
             )
             continue
-        problem = _segmentation_problem(entry.get("segmentation"))
+        problem = segmentation_problem(entry.get("segmentation"))
         if problem:
             skips.append(Skip(file, label, f"bad segmentation: {problem}"))
             continue
         bbox = entry.get("bbox")
         if bbox is not None and not (
-            isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))
+            isinstance(bbox, list) and len(bbox) == 4 and all(map(is_number, bbox))
         ):
             skips.append(
                 Skip(
@@ -338,8 +339,8 @@ def _parse_annotations(
         by_image[image_id].append(
             _Annotation(
                 index=index,
-                annotation_id=annotation_id if _is_int(annotation_id) else index,
-                category_id=category_id if _is_int(category_id) else -1,
+                annotation_id=annotation_id if is_int(annotation_id) else index,
+                category_id=category_id if is_int(category_id) else -1,
                 segmentation=entry["segmentation"],
                 bbox=tuple(float(v) for v in bbox) if bbox is not None else None,
             )
@@ -347,12 +348,13 @@ def _parse_annotations(
     return by_image
 
 
-def _segmentation_problem(segmentation: Any) -> str | None:
+def segmentation_problem(segmentation: Any) -> str | None:
+    """What makes a COCO segmentation unreadable (without the image size), or None."""
     if isinstance(segmentation, list):
         if not segmentation:
             return "empty polygon list"
         for i, polygon in enumerate(segmentation):
-            if not isinstance(polygon, list) or not all(map(_is_number, polygon)):
+            if not isinstance(polygon, list) or not all(map(is_number, polygon)):
                 return f"polygon {i} must be a flat list of finite x, y numbers"
             if len(polygon) % 2:
                 return f"polygon {i} has an odd number ({len(polygon)}) of coordinates"
@@ -363,11 +365,11 @@ def _segmentation_problem(segmentation: Any) -> str | None:
     if isinstance(segmentation, dict):
         counts, size = segmentation.get("counts"), segmentation.get("size")
         if not (
-            isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)
+            isinstance(size, list) and len(size) == 2 and all(is_int(v) and v > 0 for v in size)
         ):
             return f"RLE 'size' must be [height, width], got {size!r}"
         if isinstance(counts, list):
-            if not all(_is_int(c) and c >= 0 for c in counts):
+            if not all(is_int(c) and c >= 0 for c in counts):
                 return "uncompressed RLE 'counts' must be non-negative integers"
             if sum(counts) != size[0] * size[1]:
                 return f"uncompressed RLE 'counts' sum to {sum(counts)}, expected height*width = {size[0] * size[1]}"

@@ -3,6 +3,9 @@
 Layout of a checkpoint directory:
     DIR/sam_checkpoint.json   {"format", "model_type", "config": {...}, "source": {...}}
     DIR/params/               orbax StandardCheckpointer tree (nested dict of float32 arrays)
+
+A run's LoRA export (WORKDIR/export/lora) is an orbax tree of the LoRA parameters alone;
+`fold_lora` adds it into a checkpoint's qkv kernels.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
+from flax import nnx, traverse_util
 
 from resam_jax.model.config import SamConfig, sam_config
 from resam_jax.model.params import check_params
@@ -46,25 +49,17 @@ class CheckpointError(ValueError):
     """A checkpoint directory that cannot be read as a converted SAM checkpoint."""
 
 
-def _nest(flat: Mapping[tuple, np.ndarray]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(str(key), {})
-        node[str(path[-1])] = value
-    return tree
+def _orbax_tree(params: Mapping[tuple, np.ndarray]) -> dict:
+    """Flax path -> array as the nested dict orbax stores (its keys are strings)."""
+    return traverse_util.unflatten_dict({tuple(map(str, path)): v for path, v in params.items()})
 
 
-def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple, np.ndarray]:
-    flat = {}
-    for key, value in tree.items():
-        key = int(key) if key.isdigit() else key
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, prefix + (key,)))
-        else:
-            flat[prefix + (key,)] = value
-    return flat
+def _flax_paths(tree: Mapping) -> dict[tuple, np.ndarray]:
+    """The inverse of _orbax_tree: list indices are ints in Flax paths."""
+    return {
+        tuple(int(k) if k.isdigit() else k for k in path): np.asarray(value)
+        for path, value in traverse_util.flatten_dict(tree).items()
+    }
 
 
 def read_header(directory: str | Path) -> dict:
@@ -97,7 +92,7 @@ def save_sam_params(
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / "params", _nest(params), force=True)
+    checkpointer.save(directory / "params", _orbax_tree(params), force=True)
     checkpointer.wait_until_finished()
     header = {
         "format": FORMAT,
@@ -126,7 +121,7 @@ def load_sam_params(directory: str | Path) -> tuple[SamConfig, dict[tuple, np.nd
         tree = ocp.StandardCheckpointer().restore(directory / "params")
     except Exception as e:  # orbax raises many types for a damaged tree
         raise CheckpointError(f"cannot read parameters under {directory / 'params'}: {e}") from None
-    params = {path: np.asarray(value) for path, value in _flatten(tree).items()}
+    params = _flax_paths(tree)
     check_params(params, config, str(directory))
     return config, params
 
@@ -143,16 +138,75 @@ def load_sam(directory: str | Path, **overrides) -> Sam:
     if unknown := set(overrides) - allowed:
         raise ValueError(f"load_sam cannot override {sorted(unknown)}; only {sorted(allowed)}")
     config, params = load_sam_params(directory)
-    config = dataclasses.replace(config, **overrides)
-    model = Sam(config, rngs=nnx.Rngs(0))
-    set_frozen_params(model, params)
-    return model
+    return sam_from_params(dataclasses.replace(config, **overrides), params)
 
 
-def set_frozen_params(model: Sam, params: Mapping[tuple, np.ndarray]) -> None:
-    """Overwrite every non-LoRA variable of `model` with `params` (Flax path -> array)."""
-    state = nnx.state(model, nnx.Not(nnx.LoRAParam))
-    for path, variable in nnx.to_flat_state(state):
-        value = params[path]
-        variable.set_value(jax.numpy.asarray(value, dtype=variable.get_value().dtype))
-    nnx.update(model, state)
+def sam_from_params(config: SamConfig, params: Mapping[tuple, np.ndarray]) -> Sam:
+    """A Sam built abstractly and filled with `params` (Flax path -> array, every non-LoRA
+    variable); only the LoRA parameters are initialised (seed 0, B = 0), so the frozen weights
+    are never drawn at random first (loading ViT-H peaks at 5.3 GiB instead of 7.0)."""
+    structure = {}
+
+    def init_lora():
+        graphdef, lora, frozen = nnx.split(Sam(config, rngs=nnx.Rngs(0)), nnx.LoRAParam, ...)
+        # One trace serves both: the model's structure and the frozen variables' paths and
+        # dtypes are read off it (tracing a ViT-H costs tens of seconds), and XLA drops the
+        # unused initialisers.
+        structure["graphdef"] = graphdef
+        structure["dtypes"] = {path: v.get_value().dtype for path, v in nnx.to_flat_state(frozen)}
+        return lora
+
+    lora = jax.jit(init_lora)()
+    frozen = traverse_util.unflatten_dict(
+        {
+            path: jax.numpy.asarray(params[path], dtype)
+            for path, dtype in structure["dtypes"].items()
+        }
+    )
+    return nnx.merge(structure["graphdef"], lora, frozen)
+
+
+def load_lora(directory: str | Path) -> dict[tuple, np.ndarray]:
+    """A run's LoRA export (WORKDIR/export/lora): Flax path -> array."""
+    directory = Path(directory).resolve()
+    try:
+        tree = ocp.StandardCheckpointer().restore(directory)
+    except Exception as e:  # orbax raises many types for a missing or damaged tree
+        raise CheckpointError(
+            f"cannot read {directory} as a LoRA export (a run's export/lora): {e}"
+        ) from None
+    adapters = _flax_paths(tree)
+    if not adapters or any(p[-2:-1] not in (("lora_q",), ("lora_v",)) for p in adapters):
+        raise CheckpointError(
+            f"{directory} is not a LoRA export: expected paths ending in "
+            f"lora_q/lora_a ... lora_v/lora_b, got {sorted(map(str, adapters))[:4]}"
+        )
+    return adapters
+
+
+def fold_lora(
+    params: Mapping[tuple, np.ndarray], adapters: Mapping[tuple, np.ndarray], source: str = "LoRA"
+) -> dict[tuple, np.ndarray]:
+    """SAM's parameters with each block's LoRA folded into its fused qkv projection.
+
+    The block computes x @ qkv.kernel + [x @ A_q @ B_q, 0, x @ A_v @ B_v], so adding A_q @ B_q
+    to the q third of the kernel (columns :dim) and A_v @ B_v to the v third (2*dim:) gives
+    the same function without LoRA. `source` names the adapters in errors.
+    """
+    params = dict(params)
+    for path in sorted({p[:-2] for p in adapters}):  # (..., "attn")
+        kernel_path = path + ("qkv", "kernel")
+        if kernel_path not in params:
+            raise CheckpointError(f"{source}: {'.'.join(map(str, path))} is not a SAM block")
+        kernel = np.array(params[kernel_path])
+        dim = kernel.shape[0]
+        for name, columns in (("lora_q", slice(0, dim)), ("lora_v", slice(2 * dim, 3 * dim))):
+            delta = adapters[path + (name, "lora_a")] @ adapters[path + (name, "lora_b")]
+            if delta.shape != (dim, dim):
+                raise CheckpointError(
+                    f"{source}: {'.'.join(map(str, path + (name,)))} is {delta.shape[0]} wide, "
+                    f"the checkpoint's attention is {dim} wide (a LoRA of another SAM size?)"
+                )
+            kernel[:, columns] += delta.astype(kernel.dtype)
+        params[kernel_path] = kernel
+    return params

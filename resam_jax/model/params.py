@@ -1,12 +1,15 @@
-"""Mapping of Meta's SAM PyTorch state_dict onto the Flax model's parameters.
+"""Mapping of Meta's SAM PyTorch state_dict onto the Flax model's parameters, and back.
 
 A table of regexes renames torch modules to Flax paths; the layout transform
 follows from the kind of layer (Linear (1, 0); Conv2d (2, 3, 1, 0);
 ConvTranspose2d (2, 3, 0, 1)). `tests/test_model_parity.py` pins all three.
+`flax_to_torch` inverts the same table (each Flax path's torch key is the
+candidate that the forward mapping sends to it), so the two directions cannot drift apart.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 
@@ -34,20 +37,26 @@ _RENAMES: tuple[tuple[str, str, str], ...] = (
     (r"(.*(?:qkv|proj|lin\d|layers\.\d+))", r"\1", "linear"),
 )
 
-# Tensors that are not a layer's weight/bias: torch key -> (Flax path, transform).
-_TENSORS: dict[str, tuple[str, object]] = {
-    "image_encoder.pos_embed": ("image_encoder.pos_embed", None),
+# Tensors that are not a layer's weight/bias: torch key -> (Flax path, layer kind);
+# "embedding_row" is an nn.Embedding(1, C) whose one row the Flax model keeps as [C].
+_TENSORS: dict[str, tuple[str, str]] = {
+    "image_encoder.pos_embed": ("image_encoder.pos_embed", "as_is"),
     "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": (
         "prompt_encoder.pe_layer.gaussian_matrix",
-        None,
+        "as_is",
     ),
-    "prompt_encoder.not_a_point_embed.weight": ("prompt_encoder.not_a_point_embed", lambda w: w[0]),
-    "prompt_encoder.no_mask_embed.weight": ("prompt_encoder.no_mask_embed", lambda w: w[0]),
-    "mask_decoder.iou_token.weight": ("mask_decoder.iou_token", None),
-    "mask_decoder.mask_tokens.weight": ("mask_decoder.mask_tokens", None),
+    "prompt_encoder.not_a_point_embed.weight": (
+        "prompt_encoder.not_a_point_embed",
+        "embedding_row",
+    ),
+    "prompt_encoder.no_mask_embed.weight": ("prompt_encoder.no_mask_embed", "embedding_row"),
+    "mask_decoder.iou_token.weight": ("mask_decoder.iou_token", "as_is"),
+    "mask_decoder.mask_tokens.weight": ("mask_decoder.mask_tokens", "as_is"),
 }
 # SAM keeps one nn.Embedding(1, C) per point type; the Flax model stacks them.
 _POINT_EMBEDDING = re.compile(r"prompt_encoder\.point_embeddings\.(\d)\.weight")
+_POINT_EMBEDDINGS_PATH = ("prompt_encoder", "point_embeddings")
+_NUM_POINT_EMBEDDINGS = 4
 _REL_POS = re.compile(r"(image_encoder\.blocks\.\d+\.attn)\.(rel_pos_[hw])")
 
 _WEIGHT_LAYOUT = {
@@ -73,13 +82,13 @@ def _rename(module: str) -> tuple[str, str] | None:
     return None
 
 
-def _map_key(key: str, value: np.ndarray) -> tuple[tuple, np.ndarray] | None:
-    """One torch tensor -> (Flax path, array), or None when the key is not SAM's."""
+def _locate(key: str) -> tuple[tuple, str] | None:
+    """One torch key -> (Flax path, layout kind of the tensor), or None when it is not SAM's."""
     if key in _TENSORS:
-        target, transform = _TENSORS[key]
-        return _path(target), value if transform is None else transform(value)
+        target, kind = _TENSORS[key]
+        return _path(target), kind
     if m := _REL_POS.fullmatch(key):
-        return _path(f"{m[1]}.{m[2]}"), value
+        return _path(f"{m[1]}.{m[2]}"), "as_is"
     module, _, leaf = key.rpartition(".")
     if leaf not in ("weight", "bias"):
         return None
@@ -88,10 +97,71 @@ def _map_key(key: str, value: np.ndarray) -> tuple[tuple, np.ndarray] | None:
         return None
     flax_module, kind = renamed
     if leaf == "bias":
-        return _path(f"{flax_module}.bias"), value
+        return _path(f"{flax_module}.bias"), "as_is"
     if kind == "norm":
-        return _path(f"{flax_module}.scale"), value
-    return _path(f"{flax_module}.kernel"), np.transpose(value, _WEIGHT_LAYOUT[kind])
+        return _path(f"{flax_module}.scale"), "as_is"
+    return _path(f"{flax_module}.kernel"), kind
+
+
+def _to_flax_layout(kind: str, value: np.ndarray) -> np.ndarray:
+    if kind == "embedding_row":
+        return value[0]
+    if kind in _WEIGHT_LAYOUT:
+        return np.transpose(value, _WEIGHT_LAYOUT[kind])
+    return value
+
+
+def _to_torch_layout(kind: str, value: np.ndarray) -> np.ndarray:
+    if kind == "embedding_row":
+        return value[None]
+    if kind in _WEIGHT_LAYOUT:
+        return np.transpose(value, np.argsort(_WEIGHT_LAYOUT[kind]))
+    return value
+
+
+def _map_key(key: str, value: np.ndarray) -> tuple[tuple, np.ndarray] | None:
+    """One torch tensor -> (Flax path, array), or None when the key is not SAM's."""
+    located = _locate(key)
+    if located is None:
+        return None
+    path, kind = located
+    return path, _to_flax_layout(kind, value)
+
+
+def _torch_key_candidates(path: tuple) -> list[str]:
+    """Torch keys that may map to the Flax `path`: a `_TENSORS` key, a renamed module (its
+    pattern, unescaped, is the literal torch name), or the module's own name (the generic
+    rules keep names). `_torch_key` keeps the one the forward mapping sends to `path`."""
+    dotted = _torch_name(path)
+    module, _, leaf = dotted.rpartition(".")
+    renamed = [re.sub(r"\\(.)", r"\1", p) for p, target, _ in _RENAMES if target == module]
+    torch_leaf = {"kernel": "weight", "scale": "weight"}.get(leaf, leaf)
+    return [key for key, (target, _) in _TENSORS.items() if target == dotted] + [
+        f"{m}.{torch_leaf}" for m in [*renamed, module]
+    ]
+
+
+def _torch_key(path: tuple) -> tuple[str, str]:
+    """The torch key that `torch_to_flax` maps to the Flax `path`, and its layout kind."""
+    for key in _torch_key_candidates(path):
+        located = _locate(key)
+        if located is not None and located[0] == path:
+            return key, located[1]
+    raise CheckpointMismatchError(f"no SAM state_dict key maps to {_torch_name(path)}")
+
+
+def flax_to_torch(params: Mapping[tuple, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inverse of `torch_to_flax`: Meta's state_dict (torch key -> array in torch layout)."""
+    state_dict = {}
+    for path, value in params.items():
+        value = np.asarray(value)
+        if path == _POINT_EMBEDDINGS_PATH:
+            for i in range(_NUM_POINT_EMBEDDINGS):
+                state_dict[f"prompt_encoder.point_embeddings.{i}.weight"] = value[i][None]
+            continue
+        key, kind = _torch_key(path)
+        state_dict[key] = np.ascontiguousarray(_to_torch_layout(kind, value))
+    return state_dict
 
 
 def torch_to_flax(
@@ -110,20 +180,21 @@ def torch_to_flax(
         else:
             params[mapped[0]] = mapped[1]
     if point_rows:
-        if sorted(point_rows) != list(range(4)):
-            missing = sorted(set(range(4)) - set(point_rows))
+        rows = range(_NUM_POINT_EMBEDDINGS)
+        if sorted(point_rows) != list(rows):
+            missing = sorted(set(rows) - set(point_rows))
             unexpected.extend(
                 f"prompt_encoder.point_embeddings.{i}.weight (missing)" for i in missing
             )
         else:
-            params[("prompt_encoder", "point_embeddings")] = np.stack(
-                [point_rows[i] for i in range(4)]
-            )
+            params[_POINT_EMBEDDINGS_PATH] = np.stack([point_rows[i] for i in rows])
     return params, unexpected
 
 
+@functools.lru_cache(maxsize=8)  # tracing a ViT-H takes tens of seconds
 def frozen_param_shapes(config: SamConfig) -> dict[tuple, tuple[int, ...]]:
-    """Path -> shape of every non-LoRA variable of a SAM model with `config` (no allocation)."""
+    """Path -> shape of every non-LoRA variable of a SAM model with `config` (no allocation).
+    The cached dict is shared: do not modify it."""
     from resam_jax.model.sam import (
         Sam,
     )  # local: params.py is imported by the converter before jax work

@@ -25,6 +25,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from resam_jax.model import SamConfig, save_sam_params
+from resam_jax.model.checkpoint import fold_lora
 
 
 class TrainCheckpoints:
@@ -105,22 +106,8 @@ def _flat_values(state: nnx.State) -> dict[tuple, np.ndarray]:
 
 
 def merged_sam_params(lora: nnx.State, frozen: nnx.State) -> dict[tuple, np.ndarray]:
-    """SAM's parameters with each block's LoRA folded into its fused qkv projection.
-
-    The block computes x @ qkv.kernel + [x @ A_q @ B_q, 0, x @ A_v @ B_v], so adding A_q @ B_q
-    to the q third of the kernel (columns :dim) and A_v @ B_v to the v third (2*dim:) gives
-    the same function without LoRA.
-    """
-    params = _flat_values(frozen)
-    adapters = _flat_values(lora)
-    for path in {p[:-2] for p in adapters}:  # (..., "attn")
-        kernel = params[path + ("qkv", "kernel")].copy()
-        dim = kernel.shape[0]
-        for name, columns in (("lora_q", slice(0, dim)), ("lora_v", slice(2 * dim, 3 * dim))):
-            delta = adapters[path + (name, "lora_a")] @ adapters[path + (name, "lora_b")]
-            kernel[:, columns] += delta.astype(kernel.dtype)
-        params[path + ("qkv", "kernel")] = kernel
-    return params
+    """SAM's parameters with each block's LoRA folded into its fused qkv projection."""
+    return fold_lora(_flat_values(frozen), _flat_values(lora))
 
 
 def export_lora(directory: str | Path, lora: nnx.State) -> None:

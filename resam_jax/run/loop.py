@@ -215,7 +215,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     preemption.close()
 
     if not preempted:
-        source = {"path": config.model.checkpoint or "random init", "resam_step": step}
+        # The pixel input the weights were adapted to: what predict and export_sam read.
+        source = {
+            "path": config.model.checkpoint or "random init",
+            "resam_step": step,
+            "pixel_norm": config.model.pixel_norm,
+        }
         checkpointing.export_lora(workdir / "export" / "lora", state.lora)
         checkpointing.export_merged_sam(
             workdir / "export" / "sam_merged", state.lora, frozen, sam, source

@@ -6,6 +6,7 @@ value) is a RunError whose message says what to do.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -15,7 +16,6 @@ import ml_collections
 from flax import nnx
 
 from resam_jax import parallel
-from resam_jax.config import RUN_DATA_KEYS
 from resam_jax.data import pipeline
 from resam_jax.data.builders import load_prepared, prepare_help
 from resam_jax.data.coco import DataError
@@ -122,8 +122,10 @@ def ensure_dataset(
 
 
 def host_data_config(config: ml_collections.ConfigDict, data_dir: Path) -> pipeline.DataConfig:
-    """This process's DataConfig: config.data less the run's own keys, with its share of the batch."""
-    fields = {k: v for k, v in config.data.to_dict().items() if k not in RUN_DATA_KEYS}
+    """This process's DataConfig: the DataConfig fields of config.data (the others are the
+    run's own), with this process's share of the global batch."""
+    known = {f.name for f in dataclasses.fields(pipeline.DataConfig)}
+    fields = {k: v for k, v in config.data.to_dict().items() if k in known}
     fields.update(
         data_dir=str(data_dir), batch_size=parallel.per_host_batch_size(config.data.batch_size)
     )
