@@ -10,6 +10,7 @@ A workdir holding a checkpoint resumes from it; SIGTERM checkpoints and stops.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from resam_jax import parallel
 from resam_jax.data import pipeline
@@ -70,14 +72,30 @@ def _mean_metrics(history: list[Mapping[str, jax.Array]]) -> dict[str, float]:
     }
 
 
-def _log_evaluation(writer, rows, step: int, label: str, scores: Mapping[str, float]) -> None:
-    rows.append((label, scores))
-    writer.write(step, "eval", scores, label=label)
-    logging.info(
-        "eval %s: %s",
-        label,
-        " ".join(f"{k} {v:.4f}" for k, v in scores.items() if k not in ("images", "prompt_seeds")),
-    )
+@dataclasses.dataclass
+class _Run:
+    """What the phases of one run share: where it writes, how it evaluates, what it has
+    evaluated so far."""
+
+    config: ml_collections.ConfigDict
+    workdir: Path
+    mesh: jax.sharding.Mesh
+    graphdef: nnx.GraphDef
+    frozen: nnx.State  # the frozen SAM weights, replicated
+    evaluator: Evaluator
+    writer: reporting.MetricWriter
+    rows: list[tuple[str, dict[str, float]]] = dataclasses.field(default_factory=list)
+
+    def evaluate(self, step: int, label: str, student_lora, teacher_lora) -> None:
+        """Scores the student on the evaluation split, logs them, draws the overlays."""
+        scores = self.evaluator.scores(student_lora, self.frozen)
+        self.rows.append((label, scores))
+        self.writer.write(step, "eval", scores, label=label)
+        shown = " ".join(
+            f"{k} {v:.4f}" for k, v in scores.items() if k not in ("images", "prompt_seeds")
+        )
+        logging.info("eval %s: %s", label, shown)
+        self.evaluator.overlays(step, student_lora, teacher_lora, self.frozen)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -86,12 +104,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     Returns:
         {"steps": steps done, "preempted": bool, "evaluations": [(label, scores), ...] (with
          train.compare_with_supervised, the supervised run's last row at the end),
+         "pseudo_labels": [(epoch label, diagnostics), ...] (ReSAM),
          "lora": the final LoRA parameters (replicated arrays)}.
     """
     workdir = Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    if config.method.mode not in MODES:
-        raise RunError(f"config.method.mode={config.method.mode!r}; expected one of {MODES}")
+    mode = config.method.mode
+    if mode not in MODES:
+        raise RunError(f"config.method.mode={mode!r}; expected one of {MODES}")
     mesh = parallel.data_mesh()
     logging.info(
         "%d process(es), %d device(s) (%s); global batch %d",
@@ -105,12 +125,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         raise RunError(str(e)) from None
     ensure_dataset(config, data_dir, manual_dir)
     model = build_model(config)
-    sam: SamConfig = model.config
-    graphdef, lora, frozen = split_model(model)
-    frozen = parallel.replicate(frozen, mesh)
+    graphdef, initial_lora, frozen = split_model(model)
 
     checkpoints = None
-    if config.method.mode != "direct":
+    if mode != "direct":
         checkpoints = checkpointing.TrainCheckpoints(
             workdir / "checkpoints", config.train.keep_checkpoints
         )
@@ -120,123 +138,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         workdir, enabled=jax.process_index() == 0, resume_step=resume_step
     )
     writer.write_config(config.to_dict())
-    evaluator = Evaluator(graphdef, config, data_config, mesh, workdir)
-    rows: list[tuple[str, dict[str, float]]] = []
-    if config.method.mode == "direct":
-        lora = parallel.replicate(lora, mesh)
-        _log_evaluation(writer, rows, 0, "Direct SAM", evaluator.scores(lora, frozen))
-        evaluator.overlays(0, lora, lora, frozen)
-        writer.close()
-        logging.info("\n%s", reporting.evaluation_table(rows))
-        return {"steps": 0, "preempted": False, "evaluations": rows, "lora": lora}
-
-    train_split = config.data.train_split
-    steps_per_epoch = train_steps_per_epoch(data_config, train_split)
-    total_steps = config.train.max_steps or config.train.num_epochs * steps_per_epoch
-    train_iterator = iter(
-        pipeline.make_dataset(data_config, train_split, train=True, seed=config.seed)
-    )
-    state = parallel.replicate(create_train_state(lora, sam.prompt_embed_dim, config), mesh)
-    if resume_step is not None:
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
-        )
-        state = checkpoints.restore(abstract, train_iterator)
-        logging.info("resumed from %s at step %d", workdir / "checkpoints", int(state.step))
-    first_step = int(state.step)
-
-    rep, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    train_step = jax.jit(
-        make_train_step(graphdef, config, steps_per_epoch),
-        in_shardings=(rep, rep, sharded),
-        out_shardings=(rep, rep),
-        donate_argnums=0,
-    )
-
-    def teacher(state):
-        return state.teacher_lora if state.teacher_lora is not None else state.lora
-
-    if first_step == 0 and config.train.eval_before_training:
-        # LoRA B is zero at step 0, so this is SAM as it is: the Direct SAM row.
-        _log_evaluation(
-            writer, rows, 0, "Direct SAM (step 0)", evaluator.scores(state.lora, frozen)
-        )
-        evaluator.overlays(0, state.lora, teacher(state), frozen)
-
-    logging.info(
-        "%s training: %d steps (%d per epoch), from step %d", config.method.mode, total_steps,
-        steps_per_epoch, first_step,
+    run = _Run(
+        config, workdir, mesh, graphdef, parallel.replicate(frozen, mesh),
+        Evaluator(graphdef, config, data_config, mesh, workdir), writer,
     )  # fmt: skip
-    progress = reporting.Progress(first_step, total_steps)
-    preemption = checkpointing.PreemptionWatch()
-    history: list[dict[str, jax.Array]] = []
-    epoch_diagnostics: list[dict[str, jax.Array]] = []  # pseudo-label quality, whole epoch
-    diagnostic_rows: list[tuple[str, dict[str, float]]] = []
-    preempted = False
-    step = first_step
-    while step < total_steps:
-        epoch = step // steps_per_epoch + 1
-        batch = parallel.global_batch(next(train_iterator), mesh)
-        state, metrics = train_step(state, frozen, batch)
-        history.append(metrics)
-        if config.method.mode == "resam":
-            epoch_diagnostics.append({k: metrics[k] for k in reporting.PSEUDO_LABEL_DIAGNOSTICS})
-        step += 1
-        if step == first_step + 1:
-            progress.start()
-        if step % config.train.log_every_steps == 0 or step == total_steps:
-            means = _mean_metrics(history)
-            history.clear()
-            writer.write(step, "train", means)
-            logging.info(progress.line(step, epoch, means))
-        epoch_end = step % steps_per_epoch == 0 or step == total_steps
-        if epoch_end and epoch_diagnostics:  # (after a resume: the steps since the resume)
-            diagnostics = _mean_metrics(epoch_diagnostics)
-            label = f"epoch {epoch} (step {step})"
-            writer.write(step, "pseudo_labels", diagnostics, label=label)
-            diagnostic_rows.append((label, diagnostics))
-        if epoch_end:
-            epoch_diagnostics.clear()
-        if step % config.train.checkpoint_every_steps == 0 or epoch_end:
-            checkpoints.save(step, state, train_iterator)
-        if epoch_end and (epoch % config.train.eval_every_epochs == 0 or step == total_steps):
-            label = f"{config.method.mode} epoch {epoch} (step {step})"
-            _log_evaluation(writer, rows, step, label, evaluator.scores(state.lora, frozen))
-            evaluator.overlays(step, state.lora, teacher(state), frozen)
-        if step < total_steps and preemption.should_stop(step):
-            checkpoints.save(step, state, train_iterator)
-            logging.warning(
-                "stopped at step %d by SIGTERM; checkpoint saved. Run the same command to resume.",
-                step,
-            )
-            preempted = True
-            break
-    checkpoints.close()
-    preemption.close()
 
+    if mode == "direct":
+        lora = parallel.replicate(initial_lora, mesh)
+        run.evaluate(0, "Direct SAM", lora, lora)
+        writer.close()
+        logging.info("\n%s", reporting.evaluation_table(run.rows))
+        return {"steps": 0, "preempted": False, "evaluations": run.rows, "lora": lora}
+
+    state = parallel.replicate(
+        create_train_state(initial_lora, model.config.prompt_embed_dim, config), mesh
+    )
+    state, diagnostic_rows, preempted = _train(run, state, data_config, checkpoints, resume_step)
     if not preempted:
-        # The pixel input the weights were adapted to: what predict and export_sam read.
-        source = {
-            "path": config.model.checkpoint or "random init",
-            "resam_step": step,
-            "pixel_norm": config.model.pixel_norm,
-        }
-        checkpointing.export_lora(workdir / "export" / "lora", state.lora)
-        checkpointing.export_merged_sam(
-            workdir / "export" / "sam_merged", state.lora, frozen, sam, source
-        )
-        logging.info(
-            "exported %s and %s", workdir / "export" / "lora", workdir / "export" / "sam_merged"
-        )
+        _export(run, state, model.config)
     # The tables cover the whole run, a resumed run's earlier rows included (from the log).
     diagnostic_rows = writer.rows("pseudo_labels") or diagnostic_rows
-    rows = writer.rows("eval") or rows
+    rows = writer.rows("eval") or run.rows
     writer.close()
-    if (
-        config.train.compare_with_supervised
-        and config.method.mode != "supervised"
-        and not preempted
-    ):
+    if config.train.compare_with_supervised and mode != "supervised" and not preempted:
         # The Supervised row: the same run on the GT masks, in its own workdir.
         supervised = config.copy_and_resolve_references()
         supervised.method.mode = "supervised"
@@ -248,9 +172,109 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if rows:
         logging.info("\n%s", reporting.evaluation_table(rows))
     return {
-        "steps": step,
+        "steps": int(state.step),
         "preempted": preempted,
         "evaluations": rows,
         "pseudo_labels": diagnostic_rows,
         "lora": state.lora,
     }
+
+
+def _train(run: _Run, state, data_config, checkpoints, resume_step: int | None):
+    """The training loop, from the checkpoint at resume_step if any: logs every
+    train.log_every_steps, pseudo-label diagnostics per epoch, checkpoints, evaluations;
+    SIGTERM saves and stops. Returns (state, diagnostic rows, preempted)."""
+    config, mode = run.config, run.config.method.mode
+    train_split = config.data.train_split
+    steps_per_epoch = train_steps_per_epoch(data_config, train_split)
+    total_steps = config.train.max_steps or config.train.num_epochs * steps_per_epoch
+    train_iterator = iter(
+        pipeline.make_dataset(data_config, train_split, train=True, seed=config.seed)
+    )
+    if resume_step is not None:
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+        )
+        state = checkpoints.restore(abstract, train_iterator)
+        logging.info("resumed from %s at step %d", run.workdir / "checkpoints", int(state.step))
+    first_step = int(state.step)
+
+    rep, sharded = parallel.replicated(run.mesh), parallel.batch_sharded(run.mesh)
+    train_step = jax.jit(
+        make_train_step(run.graphdef, config, steps_per_epoch),
+        in_shardings=(rep, rep, sharded),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+    )
+
+    def teacher(state):
+        return state.teacher_lora if state.teacher_lora is not None else state.lora
+
+    if first_step == 0 and config.train.eval_before_training:
+        # LoRA B is zero at step 0, so this is SAM as it is: the Direct SAM row.
+        run.evaluate(0, "Direct SAM (step 0)", state.lora, teacher(state))
+
+    logging.info(
+        "%s training: %d steps (%d per epoch), from step %d", mode, total_steps,
+        steps_per_epoch, first_step,
+    )  # fmt: skip
+    progress = reporting.Progress(first_step, total_steps)
+    preemption = checkpointing.PreemptionWatch()
+    history: list[dict[str, jax.Array]] = []
+    epoch_diagnostics: list[dict[str, jax.Array]] = []  # pseudo-label quality, whole epoch
+    diagnostic_rows: list[tuple[str, dict[str, float]]] = []
+    preempted = False
+    step = first_step
+    while step < total_steps:
+        epoch = step // steps_per_epoch + 1
+        batch = parallel.global_batch(next(train_iterator), run.mesh)
+        state, metrics = train_step(state, run.frozen, batch)
+        history.append(metrics)
+        if mode == "resam":
+            epoch_diagnostics.append({k: metrics[k] for k in reporting.PSEUDO_LABEL_DIAGNOSTICS})
+        step += 1
+        if step == first_step + 1:
+            progress.start()
+        if step % config.train.log_every_steps == 0 or step == total_steps:
+            means = _mean_metrics(history)
+            history.clear()
+            run.writer.write(step, "train", means)
+            logging.info(progress.line(step, epoch, means))
+        epoch_end = step % steps_per_epoch == 0 or step == total_steps
+        if epoch_end and epoch_diagnostics:  # (after a resume: the steps since the resume)
+            diagnostics = _mean_metrics(epoch_diagnostics)
+            label = f"epoch {epoch} (step {step})"
+            run.writer.write(step, "pseudo_labels", diagnostics, label=label)
+            diagnostic_rows.append((label, diagnostics))
+        if epoch_end:
+            epoch_diagnostics.clear()
+        if step % config.train.checkpoint_every_steps == 0 or epoch_end:
+            checkpoints.save(step, state, train_iterator)
+        if epoch_end and (epoch % config.train.eval_every_epochs == 0 or step == total_steps):
+            run.evaluate(step, f"{mode} epoch {epoch} (step {step})", state.lora, teacher(state))
+        if step < total_steps and preemption.should_stop(step):
+            checkpoints.save(step, state, train_iterator)
+            logging.warning(
+                "stopped at step %d by SIGTERM; checkpoint saved. Run the same command to resume.",
+                step,
+            )
+            preempted = True
+            break
+    checkpoints.close()
+    preemption.close()
+    return state, diagnostic_rows, preempted
+
+
+def _export(run: _Run, state, sam: SamConfig) -> None:
+    """WORKDIR/export/lora (the LoRA alone) and export/sam_merged (SAM with it folded in)."""
+    config = run.config
+    # The pixel input the weights were adapted to: what predict and export_sam read.
+    source = {
+        "path": config.model.checkpoint or "random init",
+        "resam_step": int(state.step),
+        "pixel_norm": config.model.pixel_norm,
+    }
+    export = run.workdir / "export"
+    checkpointing.export_lora(export / "lora", state.lora)
+    checkpointing.export_merged_sam(export / "sam_merged", state.lora, run.frozen, sam, source)
+    logging.info("exported %s and %s", export / "lora", export / "sam_merged")
