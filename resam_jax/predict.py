@@ -144,7 +144,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _load_predictor(checkpoint: Path, pixel_norm: str):
     from resam_jax.model import PIXEL_NORMS, CheckpointError, CheckpointMismatchError, load_sam
     from resam_jax.model.checkpoint import read_header
-    from resam_jax.predictor import SamPredictor
+    from resam_jax.sam_predictor import SamPredictor
 
     try:
         if pixel_norm == "auto":

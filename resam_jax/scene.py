@@ -36,7 +36,7 @@ from flax import nnx
 
 from resam_jax import parallel
 from resam_jax.model import Sam, normalize_pixels, postprocess_masks
-from resam_jax.predictor import prepare_image
+from resam_jax.sam_predictor import prepare_image
 from resam_jax.transforms import scale_coords
 
 # Prompts decoded per tile in one call: bounds the [tiles, prompts, H, W] mask block in memory.

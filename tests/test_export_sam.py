@@ -10,8 +10,8 @@ from sam_reference import assert_same_prediction, build_reference
 from segment_anything import SamPredictor as TorchPredictor
 
 from resam_jax.model import load_sam, sam_config
-from resam_jax.predictor import SamPredictor
 from resam_jax.run.checkpoints import export_lora, export_merged_sam
+from resam_jax.sam_predictor import SamPredictor
 from resam_jax.train_state import split_model
 from weights_convert.convert_sam import main as convert_main
 from weights_convert.export_sam import main as export_main

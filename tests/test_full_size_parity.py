@@ -20,7 +20,7 @@ from segment_anything import SamPredictor as TorchPredictor
 from resam_jax.model import load_sam, load_sam_params, sam_config
 from resam_jax.model.image_encoder import Block
 from resam_jax.model.params import torch_to_flax
-from resam_jax.predictor import SamPredictor
+from resam_jax.sam_predictor import SamPredictor
 from weights_convert.convert_sam import main as convert_main
 
 pytestmark = pytest.mark.slow

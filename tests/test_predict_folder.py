@@ -82,7 +82,7 @@ def ground_truth_with(masks: dict[int, np.ndarray]) -> dict:
 
 def test_results_are_coco_and_equal_the_predictors_masks(folder, results):
     from resam_jax.model import load_sam
-    from resam_jax.predictor import SamPredictor
+    from resam_jax.sam_predictor import SamPredictor
 
     entries, output = results
     assert [r["prompt_id"] for r in entries] == [10, 11, 12, 13]

@@ -112,7 +112,7 @@ def geotiff_run(nwpu_scene):
 @pytest.fixture(scope="module")
 def predictor():
     from resam_jax.model import load_sam
-    from resam_jax.predictor import SamPredictor
+    from resam_jax.sam_predictor import SamPredictor
 
     return SamPredictor(load_sam(SMALL_SAM), pixel_norm="unit")  # the small SAM's pixel scale
 

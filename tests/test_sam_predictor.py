@@ -11,7 +11,7 @@ from sam_reference import assert_same_prediction, build_reference
 from segment_anything import SamPredictor as TorchPredictor
 
 from resam_jax.model import sam_config
-from resam_jax.predictor import SamPredictor
+from resam_jax.sam_predictor import SamPredictor
 from weights_convert.convert_sam import main as convert_main
 
 TINY = sam_config("tiny")
