@@ -106,6 +106,11 @@ def base_config() -> ml_collections.ConfigDict:
         lora_rank=4,
         lora_start_layer=6,
         dtype="float32",  # computation dtype: float32 | bfloat16
+        # Memory (resam_jax.model.config.SamConfig): attention "reference" | "chunked" |
+        # "dot_product"; remat of the LoRA blocks "none" | "blocks" | a checkpoint policy.
+        attention="reference",
+        attention_chunk_size=1024,  # queries per chunk of "chunked" attention
+        remat="none",
     )
 
     config.train.update(
