@@ -3,7 +3,8 @@
 The bottom of the package: it imports ml_collections and the data schema
 (resam_jax/data/config.py) only, and every layer above reads from it. Sections and who reads
 them:
-    method, optim, eval, model.pixel_norm, train.num_epochs   the train and eval steps
+    method, optim, eval, model.pixel_norm, train.num_epochs, train.grad_accum_steps
+               the train and eval steps
     data       resam_jax.data.config.DataConfig, plus the run-only keys in RUN_DATA_KEYS
     model      which SAM and which LoRA; model.checkpoint is a converted SAM directory
     train      the loop: length, logging, checkpoints, evaluation, overlays
@@ -58,7 +59,9 @@ def _step_config() -> ml_collections.ConfigDict:
     config.optim = ml_collections.ConfigDict(
         dict(lr=5e-4, weight_decay=1e-4, warmup_steps=250, milestones=(2000, 4000), decay=0.1)
     )
-    config.train = ml_collections.ConfigDict(dict(num_epochs=10))
+    # grad_accum_steps: micro-batches per update; the batch (data.batch_size, split over the
+    # devices) is cut into that many, their LoRA gradients summed before one optimiser update.
+    config.train = ml_collections.ConfigDict(dict(num_epochs=10, grad_accum_steps=1))
     # [0, 1] RGB, no mean/std (what the public code feeds SAM) | "sam" (SAM's normalisation)
     config.model = ml_collections.ConfigDict(dict(pixel_norm="unit"))
     config.eval = ml_collections.ConfigDict(
