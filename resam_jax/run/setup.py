@@ -128,7 +128,7 @@ def ensure_dataset(
 def host_data_config(config: ml_collections.ConfigDict, data_dir: Path) -> pipeline.DataConfig:
     """This process's DataConfig: config.data less the run's own keys, with its share of the batch."""
     per_device = config.data.batch_size // jax.device_count()
-    if per_device % config.train.grad_accum_steps:
+    if config.train.grad_accum_steps < 1 or per_device % config.train.grad_accum_steps:
         raise RunError(
             f"train.grad_accum_steps={config.train.grad_accum_steps} must divide the per-device "
             f"batch ({config.data.batch_size} images over {jax.device_count()} devices): each "
