@@ -1,4 +1,9 @@
-"""SAM's ViT image encoder: windowed attention with decomposed relative positions, and LoRA."""
+"""SAM's ViT image encoder: windowed attention with decomposed relative positions, and LoRA.
+
+The attention has three formulations of one function (SamConfig.attention: `attend_rows` over
+all queries, `chunked_attention` over blocks of query rows, `dot_product_attention`), and the
+blocks with LoRA can be rematerialised (SamConfig.remat, `remat_block_call`).
+"""
 
 from __future__ import annotations
 
