@@ -2,6 +2,12 @@
 
     python benchmarks/encoder.py                   # vit_b, 1024x1024, batch 1
     python benchmarks/encoder.py --model-type vit_l --batch 2 --repeats 5
+    python benchmarks/encoder.py --attention reference chunked --dtypes float32
+    python benchmarks/encoder.py --memory-analysis --attention reference chunked  # compile only
+
+--attention picks SamConfig.attention (one row per implementation and dtype). With
+--memory-analysis nothing runs: each forward is compiled and XLA's memory analysis (argument,
+output and temporary bytes) and cost analysis (FLOPs) are printed.
 
 Both models carry random weights (speed does not depend on them). Prints
 seconds per image for each and the ratio reference / resam-jax (> 1 means
@@ -20,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from resam_jax.model import Sam, sam_config
+from resam_jax.model.config import ATTENTION_IMPLEMENTATIONS
 
 
 def time_call(fn, repeats: int) -> float:
@@ -33,12 +40,30 @@ def time_call(fn, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def jax_encoder(model_type: str, dtype: str, images: np.ndarray):
-    model = Sam(sam_config(model_type, dtype=dtype), rngs=nnx.Rngs(0))
+def jax_encoder(model_type: str, dtype: str, attention: str, images: np.ndarray):
+    model = Sam(sam_config(model_type, dtype=dtype, attention=attention), rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
     encode = jax.jit(lambda state, x: nnx.merge(graphdef, state).encode(x))
     x = jax.device_put(jnp.asarray(images))
     return lambda: encode(state, x).block_until_ready()
+
+
+def compiled_encoder_analysis(model_type: str, dtype: str, attention: str, batch: int) -> dict:
+    """XLA's memory and cost analysis of the compiled forward; nothing is allocated or run."""
+    config = sam_config(model_type, dtype=dtype, attention=attention)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0))))
+    images = jax.ShapeDtypeStruct((batch, config.image_size, config.image_size, 3), jnp.float32)
+    encode = jax.jit(lambda state, x: nnx.merge(graphdef, state).encode(x))
+    compiled = encode.lower(state, images).compile()
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return {
+        "argument_gib": memory.argument_size_in_bytes / 2**30,
+        "output_gib": memory.output_size_in_bytes / 2**30,
+        "temp_gib": memory.temp_size_in_bytes / 2**30,
+        "gflops": cost.get("flops", float("nan")) / 1e9,
+    }
 
 
 def torch_encoder(model_type: str, images: np.ndarray):
@@ -64,7 +89,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-reference", action="store_true", help="time resam-jax only")
+    parser.add_argument(
+        "--attention", nargs="+", default=["reference"], choices=ATTENTION_IMPLEMENTATIONS
+    )
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument(
+        "--memory-analysis", action="store_true", help="compile only; print XLA's analyses"
+    )
     args = parser.parse_args()
+    if args.memory_analysis:
+        print(f"{args.model_type} image encoder forward, batch {args.batch}, compiled on "
+              f"{jax.devices()[0].device_kind} (jax {jax.__version__}), not run")  # fmt: skip
+        print(f"{'attention':<12} {'dtype':<9} {'args GiB':>9} {'out GiB':>8} {'temp GiB':>9} "
+              f"{'GFLOP':>8}")  # fmt: skip
+        for attention in args.attention:
+            for dtype in args.dtypes:
+                a = compiled_encoder_analysis(args.model_type, dtype, attention, args.batch)
+                print(f"{attention:<12} {dtype:<9} {a['argument_gib']:9.3f} {a['output_gib']:8.3f} "
+                      f"{a['temp_gib']:9.3f} {a['gflops']:8.1f}", flush=True)  # fmt: skip
+        return
 
     size = sam_config(args.model_type).image_size
     images = np.random.default_rng(0).normal(size=(args.batch, size, size, 3)).astype(np.float32)
@@ -79,9 +122,11 @@ def main() -> None:
 
         reference = time_call(torch_encoder(args.model_type, images), args.repeats) / args.batch
         rows.append((f"segment-anything (torch {torch.__version__}, float32)", reference))
-    for dtype in ("float32", "bfloat16"):
-        seconds = time_call(jax_encoder(args.model_type, dtype, images), args.repeats) / args.batch
-        rows.append((f"resam-jax ({dtype})", seconds))
+    for attention in args.attention:
+        for dtype in args.dtypes:
+            encoder = jax_encoder(args.model_type, dtype, attention, images)
+            seconds = time_call(encoder, args.repeats) / args.batch
+            rows.append((f"resam-jax ({dtype}, {attention} attention)", seconds))
 
     reference = None if args.skip_reference else rows[0][1]
     print(f"{'implementation':<48} {'s/image':>9} {'speed-up':>9}")

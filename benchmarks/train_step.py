@@ -3,6 +3,14 @@
     python benchmarks/train_step.py                    # vit_b, 1024x1024, batch 1, 8 instances
     python benchmarks/train_step.py --instances 50 --repeats 5
     python benchmarks/train_step.py --side jax --repeats 1 --warmup 0    # one side only
+    python benchmarks/train_step.py --variants reference/none chunked/blocks   # jax options
+    python benchmarks/train_step.py --side jax --memory-analysis --variants reference/none \
+        chunked/none reference/blocks chunked/blocks                      # compile only
+
+--variants lists resam-jax configurations as ATTENTION/REMAT (model.attention, model.remat),
+each timed in its own subprocess in the same run. --memory-analysis runs nothing: it compiles
+each variant's step and prints XLA's memory analysis (argument, output, temporary bytes) and
+cost analysis (FLOPs per step).
 
 One image per step, N instances each prompted with 1 positive and 1 negative point.
 
@@ -142,25 +150,49 @@ def run_jax(args: argparse.Namespace) -> dict:
     from resam_jax.train_state import create_train_state, split_model
     from resam_jax.train_step import make_train_step
 
+    attention, remat = args.variant.split("/")
     config = base_config()
     config.method.mode = "resam"
-    config.model.lora_start_layer = 6
+    config.model.update(lora_start_layer=6, attention=attention, remat=remat)
     sam = sam_config(
         args.model_type,
         image_size=args.image_size,
         lora_rank=config.model.lora_rank,
         lora_start_layer=config.model.lora_start_layer,
         dtype=config.model.dtype,
+        attention=config.model.attention,
+        remat=config.model.remat,
     )
-    graphdef, lora, frozen = split_model(Sam(sam, rngs=nnx.Rngs(config.seed)))
-    state = create_train_state(lora, sam.prompt_embed_dim, config)
-    batch = jax.device_put(synthetic_batch(args.image_size, args.instances, BATCH_SEED))
-    log(f"jax {jax.__version__} on {jax.devices()[0].device_kind}: model and batch ready")
-
-    start = time.perf_counter()
+    name = f"resam-jax (float32, {attention} attention, remat {remat})"
+    graphdef, lora, frozen = split_model(nnx.eval_shape(lambda: Sam(sam, rngs=nnx.Rngs(0))))
     train_step = jax.jit(
         make_train_step(graphdef, config, steps_per_epoch=10**6), donate_argnums=0
     )  # epoch 1
+    batch = synthetic_batch(args.image_size, args.instances, BATCH_SEED)
+    if args.memory_analysis:
+        state = jax.eval_shape(
+            lambda lora: create_train_state(lora, sam.prompt_embed_dim, config), lora
+        )
+        start = time.perf_counter()
+        compiled = train_step.lower(state, frozen, batch).compile()
+        memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        return {
+            "name": name,
+            "compile_s": time.perf_counter() - start,
+            "analysis": {
+                "argument_gib": memory.argument_size_in_bytes / 2**30,
+                "output_gib": memory.output_size_in_bytes / 2**30,
+                "temp_gib": memory.temp_size_in_bytes / 2**30,
+                "tflops": cost.get("flops", float("nan")) / 1e12,
+            },
+        }
+    _, lora, frozen = split_model(Sam(sam, rngs=nnx.Rngs(config.seed)))
+    state = create_train_state(lora, sam.prompt_embed_dim, config)
+    batch = jax.device_put(batch)
+    log(f"jax {jax.__version__} on {jax.devices()[0].device_kind}: model and batch ready")
+
+    start = time.perf_counter()
     step = train_step.lower(state, frozen, batch).compile()
     compile_s = time.perf_counter() - start
     log(f"compiled in {compile_s:.1f} s")
@@ -174,7 +206,7 @@ def run_jax(args: argparse.Namespace) -> dict:
 
     samples = timed_steps(one_step, args.repeats, args.warmup)
     return {
-        "name": f"resam-jax (jax {jax.__version__}, float32)",
+        "name": name,
         "samples": samples,
         "compile_s": compile_s,
         "notes": {
@@ -329,17 +361,33 @@ def run_torch(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------------------------------- main
 
 
-def run_side(args: argparse.Namespace) -> dict:
-    """Runs one side in a fresh subprocess and returns its result with its peak RSS."""
-    command = [sys.executable, os.path.abspath(__file__), "--side", args.side_name,
+def run_side(args: argparse.Namespace, side: str, variant: str) -> dict:
+    """Runs one side (a jax variant) in a fresh subprocess and returns its result with its
+    peak RSS."""
+    command = [sys.executable, os.path.abspath(__file__), "--side", side,
                "--model-type", args.model_type, "--instances", str(args.instances),
                "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-               "--image-size", str(args.image_size)]  # fmt: skip
+               "--image-size", str(args.image_size), "--variants", variant]  # fmt: skip
+    if args.memory_analysis:
+        command.append("--memory-analysis")
     completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
     results = [line for line in completed.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if completed.returncode or not results:
-        raise SystemExit(f"--side {args.side_name} failed with exit code {completed.returncode}")
+        raise SystemExit(f"--side {side} {variant} failed with exit code {completed.returncode}")
     return json.loads(results[-1][len(RESULT_PREFIX) :])
+
+
+def print_analysis(args: argparse.Namespace, results: list[dict]) -> None:
+    print(
+        f"\nReSAM train step, SAM {args.model_type}, {args.image_size}x{args.image_size}, batch 1, "
+        f"{args.instances} instances: XLA memory and cost analysis of the compiled step (not run)"
+    )
+    print(f"{'implementation':<56} {'args GiB':>9} {'out GiB':>8} {'temp GiB':>9} {'TFLOP':>7} "
+          f"{'compile s':>10}")  # fmt: skip
+    for r in results:
+        a = r["analysis"]
+        print(f"{r['name']:<56} {a['argument_gib']:9.3f} {a['output_gib']:8.3f} "
+              f"{a['temp_gib']:9.3f} {a['tflops']:7.2f} {r['compile_s']:10.1f}")  # fmt: skip
 
 
 def print_table(args: argparse.Namespace, results: list[dict]) -> None:
@@ -385,6 +433,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     parser.add_argument("--image-size", type=int, default=None, help="default: the model's")
     parser.add_argument("--side", default="both", choices=("both", *SIDES))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["reference/none"],
+        help="resam-jax configurations, each ATTENTION/REMAT (model.attention/model.remat)",
+    )
+    parser.add_argument(
+        "--memory-analysis", action="store_true", help="jax only: compile, print XLA's analyses"
+    )
     args = parser.parse_args()
     if args.image_size is None:
         from resam_jax.model import sam_config
@@ -393,6 +450,7 @@ def main() -> None:
 
     if args.side != "both" and os.environ.get("_RESAM_BENCH_CHILD"):
         load_before = os.getloadavg()[0]
+        args.variant = args.variants[0]
         result = (run_jax if args.side == "jax" else run_torch)(args)
         result.update(
             side=args.side,
@@ -403,11 +461,12 @@ def main() -> None:
         return
 
     os.environ["_RESAM_BENCH_CHILD"] = "1"
+    sides = ("jax",) if args.memory_analysis else SIDES if args.side == "both" else (args.side,)
     results = []
-    for side in SIDES if args.side == "both" else (args.side,):
-        args.side_name = side
-        results.append(run_side(args))
-    print_table(args, results)
+    for side in sides:
+        for variant in args.variants if side == "jax" else args.variants[:1]:
+            results.append(run_side(args, side, variant))
+    (print_analysis if args.memory_analysis else print_table)(args, results)
 
 
 if __name__ == "__main__":

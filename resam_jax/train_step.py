@@ -14,6 +14,19 @@ A step whose loss is not finite, exceeds outlier_factor x the mean of the loss w
 (train_state.LossWindow, method.outlier_rule), or has no valid instance is skipped inside the
 jitted function: parameters, optimiser state, teacher and queues stay as they were; only `step`
 advances, and the loss window as its rule says.
+
+Gradient accumulation (train.grad_accum_steps = k > 1): the batch is cut into k micro-batches
+(split_micro_batches) that a jax.lax.scan runs in turn, each with its own teacher pass, student
+pass and gradient, before ONE optimiser update; only one micro-batch's activations are alive at
+a time. The SSA queues take each micro-batch's features in turn (a micro-batch's SSA loss sees
+the queue after its own push, so its gradient flows through its own features only). Each
+micro-batch m counts by its valid instances n_m: the update's loss is
+    L = sum_m n_m L_m / sum_m n_m
+(so the focal, dice and IoU terms, means over valid instances, are exactly those of one step on
+the whole batch; the SSA term is the n_m-weighted mean of the micro-batches' SSA terms), the
+gradient is that of L, and the outlier rule sees L once per update. The teacher, the SSA weight
+and the loss window change once per update. The pseudo-label diagnostics are means over the
+micro-batches.
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ from resam_jax.metrics import masked_mean_iou
 from resam_jax.model import Sam, decode_masks, normalize_pixels
 from resam_jax.optim import learning_rate_schedule, make_optimizer, updates_applied
 from resam_jax.stages.refine import refine_masks
-from resam_jax.stages.reinforce import reinforce, ssa_weight
+from resam_jax.stages.reinforce import FeatureQueues, reinforce, ssa_weight
 from resam_jax.stages.requery import pseudo_labels, requery_prompts
 from resam_jax.train_state import TRAIN_MODES, TrainState, ema_update
 
@@ -78,6 +91,24 @@ def teacher_pseudo_labels(
     )  # fmt: skip
 
 
+def split_micro_batches(batch: Batch, micro_batches: int) -> Batch:
+    """[B, ...] -> [micro_batches, B / micro_batches, ...]. Micro-batch m holds images m,
+    m + micro_batches, ...: with the batch sharded along its first axis, every device's shard
+    splits into micro-batches of its own images (when micro_batches divides the per-device
+    batch), so each micro-step runs on all devices."""
+    size = jax.tree.leaves(batch)[0].shape[0]
+    if size % micro_batches:
+        raise ValueError(
+            f"a batch of {size} images does not split into train.grad_accum_steps="
+            f"{micro_batches} equal micro-batches"
+        )
+
+    def split(x: jax.Array) -> jax.Array:
+        return jnp.swapaxes(x.reshape(size // micro_batches, micro_batches, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
 def make_train_step(
     graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> TrainStep:
@@ -99,10 +130,16 @@ def make_train_step(
     schedule = learning_rate_schedule(config.optim)
     pixel_norm = config.model.pixel_norm
     num_epochs = config.train.num_epochs
+    grad_accum_steps = config.train.grad_accum_steps
+    if grad_accum_steps < 1:
+        raise ValueError(f"train.grad_accum_steps={grad_accum_steps} must be at least 1")
+    accumulate = grad_accum_steps > 1
 
-    def train_step(
-        state: TrainState, frozen: nnx.State, batch: Batch
-    ) -> tuple[TrainState, dict[str, jax.Array]]:
+    def micro_step(
+        state: TrainState, queues: FeatureQueues | None, frozen: nnx.State, batch: Batch
+    ) -> tuple[FeatureQueues | None, nnx.State, dict[str, jax.Array]]:
+        """Loss and LoRA gradient of one micro-batch: (queues after it, gradient of
+        weight * loss, per-micro-batch metrics with that weight)."""
         weak_image = normalize_pixels(batch["weak_image"], batch["content_mask"], pixel_norm)
         image_size = weak_image.shape[1]
         point_prompts = {"points": batch["points"], "point_labels": batch["point_labels"]}
@@ -121,6 +158,9 @@ def make_train_step(
         else:
             targets, valid = batch["masks"], batch["instance_valid"]
             student_image = weak_image
+        num_valid = jnp.sum(valid, dtype=jnp.int32)
+        # Accumulated micro-batches count by their valid instances (module docstring).
+        weight = num_valid.astype(jnp.float32) if accumulate else jnp.float32(1.0)
 
         def loss_fn(lora):
             student = nnx.merge(graphdef, lora, frozen)
@@ -135,20 +175,63 @@ def make_train_step(
                 + method.dice_weight * parts["dice"]
                 + method.iou_weight * parts["iou"]
             )
-            queues = None
+            new_queues = None
             if resam:
                 stride = image_size // embedding.shape[1]
-                parts["ssa"], queues = reinforce(
-                    state.ssa_queues, pseudo.weak_embedding, embedding, pseudo.boxes, valid,
+                parts["ssa"], new_queues = reinforce(
+                    queues, pseudo.weak_embedding, embedding, pseudo.boxes, valid,
                     stride, method.ssa_form, method.ssa_tau,
                 )  # fmt: skip
                 epoch = state.step // steps_per_epoch + 1
                 parts["ssa_weight"] = ssa_weight(epoch, num_epochs, method.ssa_max_weight)
                 total = total + parts["ssa_weight"] * parts["ssa"]
-            return total, (parts, queues)
+            return weight * total, (total, parts, new_queues)
 
-        (loss, (parts, queues)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.lora)
-        num_valid = jnp.sum(valid, dtype=jnp.int32)
+        (_, (loss, parts, queues)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.lora)
+        metrics = dict(
+            parts, loss=loss, weight=weight, valid_instances=num_valid,
+            given_instances=jnp.sum(batch["instance_valid"], dtype=jnp.int32),
+        )  # fmt: skip
+        if resam:
+            # Pseudo-label diagnostics against the GT masks, which ReSAM never trains on: how
+            # good the teacher's point masks, the refined masks and the targets are.
+            gt, given = batch["masks"], batch["instance_valid"]
+            metrics.update(
+                overlap_fraction=jnp.mean(pseudo.overlap_fraction),
+                teacher_point_iou=masked_mean_iou(pseudo.point_masks, gt, given),
+                refined_iou=masked_mean_iou(pseudo.refined, gt, given),
+                target_iou=masked_mean_iou(targets, gt, valid),
+            )
+        return jax.lax.stop_gradient(queues), grads, metrics
+
+    def train_step(
+        state: TrainState, frozen: nnx.State, batch: Batch
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        if not accumulate:
+            queues, grads, micro = micro_step(state, state.ssa_queues, frozen, batch)
+            micro = jax.tree.map(lambda x: x[None], micro)
+        else:
+
+            def accumulate_micro_batch(carry, micro_batch):
+                queues, summed = carry
+                queues, grads, metrics = micro_step(state, queues, frozen, micro_batch)
+                return (queues, jax.tree.map(jnp.add, summed, grads)), metrics
+
+            zeros = jax.tree.map(jnp.zeros_like, state.lora)
+            (queues, grads), micro = jax.lax.scan(
+                accumulate_micro_batch,
+                (state.ssa_queues, zeros),
+                split_micro_batches(batch, grad_accum_steps),
+            )
+        total_weight = jnp.maximum(jnp.sum(micro["weight"]), 1.0)
+        grads = jax.tree.map(lambda g: g / total_weight, grads)
+        means = {
+            name: jnp.sum(micro["weight"] * value) / total_weight
+            for name, value in micro.items()
+            if name in ("loss", "focal", "dice", "iou", "ssa", "ssa_weight")
+        }
+        loss = means["loss"]
+        num_valid = jnp.sum(micro["valid_instances"])
         outlier, loss_window = state.loss_window.check(
             loss, method.outlier_factor, method.outlier_rule
         )
@@ -160,7 +243,7 @@ def make_train_step(
             lora=lora,
             opt_state=opt_state,
             teacher_lora=ema_update(state.teacher_lora, lora, method.ema_rate) if resam else None,
-            ssa_queues=jax.lax.stop_gradient(queues),
+            ssa_queues=queues,
             loss_window=loss_window,
         )
         new_state = jax.tree.map(lambda old, new: jnp.where(skipped, old, new), state, updated)
@@ -174,8 +257,7 @@ def make_train_step(
         new_state = new_state.replace(step=state.step + 1)
 
         metrics = dict(
-            parts,
-            loss=loss,
+            means,
             skipped=skipped,
             valid_instances=num_valid,
             learning_rate=schedule(updates_applied(state.opt_state)),
@@ -183,15 +265,14 @@ def make_train_step(
             update_norm=optax.global_norm(updates),  # as computed, also when the step is skipped
         )
         if resam:
-            # Pseudo-label diagnostics against the GT masks, which ReSAM never trains on: how
-            # good the teacher's point masks, the refined masks and the targets are.
-            gt, given = batch["masks"], batch["instance_valid"]
+            given = jnp.sum(micro["given_instances"])
             metrics.update(
-                overlap_fraction=jnp.mean(pseudo.overlap_fraction),
-                pseudo_label_kept_fraction=num_valid / jnp.maximum(jnp.sum(given), 1),
-                teacher_point_iou=masked_mean_iou(pseudo.point_masks, gt, given),
-                refined_iou=masked_mean_iou(pseudo.refined, gt, given),
-                target_iou=masked_mean_iou(targets, gt, valid),
+                {
+                    name: jnp.mean(micro[name])
+                    for name in ("overlap_fraction", "teacher_point_iou", "refined_iou")
+                },
+                pseudo_label_kept_fraction=num_valid / jnp.maximum(given, 1),
+                target_iou=jnp.mean(micro["target_iou"]),
             )
         return new_state, metrics
 

@@ -130,11 +130,19 @@ def load_sam(directory: str | Path, **overrides) -> Sam:
     """A Sam model with the weights of a converted checkpoint.
 
     `overrides` change fields of the stored config that do not alter the
-    converted weights: LoRA (`lora_rank`, `lora_start_layer`) and `dtype`.
+    converted weights: LoRA (`lora_rank`, `lora_start_layer`), `dtype` and the memory options
+    (`attention`, `attention_chunk_size`, `remat`).
     LoRA parameters keep their fresh initialisation (B = 0, so the model is
     exactly the checkpoint's SAM).
     """
-    allowed = {"lora_rank", "lora_start_layer", "dtype"}
+    allowed = {
+        "lora_rank",
+        "lora_start_layer",
+        "dtype",
+        "attention",
+        "attention_chunk_size",
+        "remat",
+    }
     if unknown := set(overrides) - allowed:
         raise ValueError(f"load_sam cannot override {sorted(unknown)}; only {sorted(allowed)}")
     config, params = load_sam_params(directory)

@@ -7,6 +7,12 @@ import dataclasses
 
 import jax.numpy as jnp
 
+ATTENTION_IMPLEMENTATIONS = ("reference", "chunked", "dot_product")
+# "blocks" is jax.checkpoint's own default (save nothing but the block input); the others name
+# jax.checkpoint_policies: matmul outputs without batch dimensions (the projections and MLPs,
+# not the attention scores), or every matmul output.
+REMAT_OPTIONS = ("none", "blocks", "dots_with_no_batch_dims_saveable", "dots_saveable")
+
 
 @dataclasses.dataclass(frozen=True)
 class SamConfig:
@@ -38,6 +44,18 @@ class SamConfig:
     lora_start_layer: int | None = None
     # Computation dtype ("float32" or "bfloat16"); parameters stay float32.
     dtype: str = "float32"
+    # How encoder attention is computed (ATTENTION_IMPLEMENTATIONS): "reference" materialises
+    # the [tokens, tokens] matrix per head; "chunked" runs over blocks of at most
+    # attention_chunk_size queries (whole rows of the token grid), recomputing each block's
+    # scores in the backward pass, so no global block holds more than one block of scores;
+    # "dot_product" is jax.nn.dot_product_attention with the relative-position bias as `bias`
+    # (cuDNN on GPU; the bias itself is [tokens, tokens]). All three are the same function.
+    attention: str = "reference"
+    attention_chunk_size: int = 1024
+    # Rematerialisation of the encoder blocks that carry gradients (lora_blocks()), REMAT_OPTIONS:
+    # "none"; "blocks" saves only each block's input and recomputes the rest in the backward
+    # pass; a jax.checkpoint_policies name saves what that policy saves.
+    remat: str = "none"
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -65,6 +83,16 @@ class SamConfig:
             )
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"SamConfig.dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"SamConfig.attention={self.attention!r}; expected one of {ATTENTION_IMPLEMENTATIONS}"
+            )
+        if self.attention_chunk_size < 1:
+            raise ValueError(
+                f"SamConfig.attention_chunk_size={self.attention_chunk_size} must be positive"
+            )
+        if self.remat not in REMAT_OPTIONS:
+            raise ValueError(f"SamConfig.remat={self.remat!r}; expected one of {REMAT_OPTIONS}")
 
     @property
     def embed_size(self) -> int:

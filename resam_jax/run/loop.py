@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from resam_jax import parallel
+from resam_jax.config import base_config
 from resam_jax.data import pipeline
 from resam_jax.model import SamConfig
 from resam_jax.run import checkpoints as checkpointing
@@ -49,7 +50,8 @@ def record_config(config: ml_collections.ConfigDict, workdir: Path, resuming: bo
     is a warning."""
     path = workdir / "config.json"
     if resuming and path.exists():
-        changes = reporting.config_changes(path, config.to_dict())
+        defaults = reporting.flat_config(base_config().to_dict())
+        changes = reporting.config_changes(path, config.to_dict(), defaults)
         fatal = [c for c in changes if c[0] not in reporting.RESUMABLE_FIELDS]
         if fatal:
             listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in fatal)

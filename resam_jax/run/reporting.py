@@ -43,6 +43,10 @@ def quiet_library_logs() -> None:
 # (with a warning). Any other change on resume is an error.
 RESUMABLE_FIELDS = frozenset(
     {
+        # how the encoder is computed, not what (docs/method.md section 2, Memory options)
+        "model.attention",
+        "model.attention_chunk_size",
+        "model.remat",
         "data.data_dir",
         "data.manual_dir",
         "data.prefetch_batches",
@@ -70,9 +74,15 @@ def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_changes(path: Path, config: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(field, saved, current) for every field that differs from the config.json at `path`."""
+def config_changes(
+    path: Path, config: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> list[tuple[str, Any, Any]]:
+    """(field, saved, current) for every field that differs from the config.json at `path`.
+    A field the saved file lacks (a run from before the field existed) counts as its value
+    in `defaults` (flat), if given."""
     saved = json.loads(path.read_text())
+    if defaults:
+        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     current = flat_config(config)
     missing = object()
     return [

@@ -33,10 +33,14 @@ class RunError(Exception):
 def build_model(config: ml_collections.ConfigDict) -> Sam:
     """SAM with LoRA from config.model: a converted checkpoint, or random weights if none."""
     model_config = config.model
-    lora = dict(
+    # The LoRA, the computation dtype and the memory options: what a checkpoint does not fix.
+    options = dict(
         lora_rank=model_config.lora_rank,
         lora_start_layer=model_config.lora_start_layer,
         dtype=model_config.dtype,
+        attention=model_config.attention,
+        attention_chunk_size=model_config.attention_chunk_size,
+        remat=model_config.remat,
     )
     image_size = config.data.image_size
     if not model_config.checkpoint:
@@ -44,7 +48,7 @@ def build_model(config: ml_collections.ConfigDict) -> Sam:
             "config.model.checkpoint is empty: SAM %s is RANDOMLY INITIALISED (no pretrained "
             "weights); its scores only show that the pipeline runs.", model_config.model_type
         )  # fmt: skip
-        sam = sam_config(model_config.model_type, image_size=image_size, **lora)
+        sam = sam_config(model_config.model_type, image_size=image_size, **options)
         return Sam(sam, rngs=nnx.Rngs(config.seed))
     directory = Path(model_config.checkpoint).expanduser()
     if not directory.exists():
@@ -53,7 +57,7 @@ def build_model(config: ml_collections.ConfigDict) -> Sam:
             + conversion_help(directory, model_config.model_type)
         )
     try:
-        model = load_sam(directory, **lora)
+        model = load_sam(directory, **options)
     except CheckpointError as e:
         raise RunError(str(e)) from None
     if model.config.model_type != model_config.model_type:
@@ -124,6 +128,13 @@ def ensure_dataset(
 def host_data_config(config: ml_collections.ConfigDict, data_dir: Path) -> pipeline.DataConfig:
     """This process's DataConfig: the DataConfig fields of config.data (the others are the
     run's own), with this process's share of the global batch."""
+    per_device = config.data.batch_size // jax.device_count()
+    if config.train.grad_accum_steps < 1 or per_device % config.train.grad_accum_steps:
+        raise RunError(
+            f"train.grad_accum_steps={config.train.grad_accum_steps} must divide the per-device "
+            f"batch ({config.data.batch_size} images over {jax.device_count()} devices): each "
+            "device splits its own images into the micro-batches"
+        )
     known = {f.name for f in dataclasses.fields(pipeline.DataConfig)}
     fields = {k: v for k, v in config.data.to_dict().items() if k in known}
     fields.update(
