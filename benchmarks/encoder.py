@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from resam_jax.model import Sam, sam_config
-from resam_jax.model.config import ATTENTION_IMPLEMENTATIONS
+from resam_jax.model.architecture import ATTENTION_IMPLEMENTATIONS
 
 
 def time_call(fn, repeats: int) -> float:

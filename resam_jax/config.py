@@ -107,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
         lora_rank=4,
         lora_start_layer=6,
         dtype="float32",  # computation dtype: float32 | bfloat16
-        # Memory (resam_jax.model.config.SamConfig): attention "reference" | "chunked" |
+        # Memory (resam_jax.model.architecture.SamConfig): attention "reference" | "chunked" |
         # "dot_product"; remat of the LoRA blocks "none" | "blocks" | a checkpoint policy.
         # "chunked": the ViT-B train step peaks 1.9 GiB lower (README, Benchmarks).
         attention="chunked",

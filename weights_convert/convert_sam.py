@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from resam_jax.model.architecture import MODEL_TYPES, sam_config
 from resam_jax.model.checkpoint import HEADER, CheckpointError, read_header, save_sam_params
-from resam_jax.model.config import MODEL_TYPES, sam_config
 from resam_jax.model.params import (
     CheckpointMismatchError,
     check_params,

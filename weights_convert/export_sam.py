@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from resam_jax.files import staged
+from resam_jax.model.architecture import MODEL_TYPES, SamConfig, sam_config
 from resam_jax.model.checkpoint import (
     CheckpointError,
     fold_lora,
@@ -27,7 +28,6 @@ from resam_jax.model.checkpoint import (
     load_sam_params,
     read_header,
 )
-from resam_jax.model.config import MODEL_TYPES, SamConfig, sam_config
 from resam_jax.model.params import CheckpointMismatchError, flax_to_torch
 from weights_convert.convert_sam import ConversionError
 

@@ -1,7 +1,7 @@
 """Segment Anything in Flax NNX, with LoRA, and loading of Meta's converted checkpoints."""
 
+from resam_jax.model.architecture import MODEL_TYPES, SamConfig, sam_config
 from resam_jax.model.checkpoint import CheckpointError, load_sam, load_sam_params, save_sam_params
-from resam_jax.model.config import MODEL_TYPES, SamConfig, sam_config
 from resam_jax.model.params import CheckpointMismatchError
 from resam_jax.model.sam import (
     PIXEL_NORMS,

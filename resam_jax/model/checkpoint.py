@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
-from resam_jax.model.config import SamConfig, sam_config
+from resam_jax.model.architecture import SamConfig, sam_config
 from resam_jax.model.params import check_params
 from resam_jax.model.sam import Sam
 

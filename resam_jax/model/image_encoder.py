@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from resam_jax.model.config import SamConfig
+from resam_jax.model.architecture import SamConfig
 from resam_jax.model.layers import MLPBlock, gelu, layer_norm
 
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from resam_jax.model.config import SamConfig
+from resam_jax.model.architecture import SamConfig
 from resam_jax.model.layers import MLP, MLPBlock, gelu, layer_norm
 
 # The two-way transformer uses torch's default LayerNorm epsilon, unlike the encoder.

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flax import nnx
 
-from resam_jax.model.config import MODEL_TYPES, SamConfig, sam_config
+from resam_jax.model.architecture import MODEL_TYPES, SamConfig, sam_config
 
 # (torch module prefix regex, Flax module path, layer kind). Order matters: first match wins.
 _RENAMES: tuple[tuple[str, str, str], ...] = (

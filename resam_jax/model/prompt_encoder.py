@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from resam_jax.model.config import SamConfig
+from resam_jax.model.architecture import SamConfig
 from resam_jax.model.layers import Buffer, gelu, layer_norm
 
 # Point-type rows of `point_embeddings`: SAM's label 0 and 1, then the box corners.

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from resam_jax.model.config import SamConfig
+from resam_jax.model.architecture import SamConfig
 from resam_jax.model.image_encoder import ImageEncoderViT
 from resam_jax.model.layers import resize_bilinear
 from resam_jax.model.mask_decoder import MaskDecoder
