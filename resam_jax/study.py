@@ -136,6 +136,7 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, axes = plt.subplots(
         1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False, sharey=True
@@ -155,9 +156,10 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
             axis.plot(range(first, first + len(values)), values, marker="o", label=LABELS[row])
         axis.set_title(corruption)
         axis.set_xlabel("epoch (0 = the source model)")
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("IoU (%)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][-1].legend(fontsize=7, loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
