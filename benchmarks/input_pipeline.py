@@ -34,7 +34,7 @@ def throughput(config: DataConfig, num_batches: int, warmup: int) -> tuple[float
     for _ in range(num_batches):
         next(iterator)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    images = num_batches * config.batch_size
+    images = num_batches * config.host_batch_size
     return images / wall, images / cpu
 
 
@@ -64,7 +64,7 @@ def main() -> None:
             image_size=args.image_size,
             max_instances=args.max_instances,
             num_points=args.num_points,
-            batch_size=1,
+            host_batch_size=1,
             read_threads=1,
             prefetch_batches=1,
         )

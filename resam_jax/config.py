@@ -88,11 +88,13 @@ def base_config() -> ml_collections.ConfigDict:
     config = _step_config()
     config.seed = 1337
 
-    # The loop counts epochs itself (DataConfig.num_epochs stays None: repeat), and
-    # data.batch_size is the GLOBAL batch, split over hosts by the loop.
+    # The loop counts epochs itself (DataConfig.num_epochs stays None: repeat), and splits the
+    # GLOBAL batch over the processes (each one's DataConfig.host_batch_size).
+    run_owned = ("num_epochs", "host_batch_size")
     config.data = ml_collections.ConfigDict(
-        {f.name: f.default for f in dataclasses.fields(DataConfig) if f.name != "num_epochs"}
+        {f.name: f.default for f in dataclasses.fields(DataConfig) if f.name not in run_owned}
     )
+    config.data.batch_size = 1  # images per step over all devices of all processes
     config.data.data_dir = "~/tensorflow_datasets"  # "" = <workdir>/data
     config.data.manual_dir = ""  # the published release; named in "not prepared" errors
     config.data.train_split = "train"

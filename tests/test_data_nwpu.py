@@ -61,7 +61,7 @@ def test_masks_equal_pycocotools_ann_to_mask(nwpu, split):
 
 def test_evaluation_pass_uses_every_instance_once(nwpu):
     data_dir, _ = nwpu
-    config = DataConfig(data_dir=str(data_dir), image_size=128, max_instances=50, batch_size=8)
+    config = DataConfig(data_dir=str(data_dir), image_size=128, max_instances=50, host_batch_size=8)
     metadata = json.loads((data_dir / "nwpu_vhr10/default/1.0.0/metadata.json").read_text())[
         "splits"
     ]["val"]
@@ -76,7 +76,7 @@ def test_evaluation_pass_uses_every_instance_once(nwpu):
 
 def test_training_batches_at_1024(nwpu):
     data_dir, _ = nwpu
-    config = DataConfig(data_dir=str(data_dir), num_points=3, batch_size=1)
+    config = DataConfig(data_dir=str(data_dir), num_points=3, host_batch_size=1)
     for batch in itertools.islice(
         make_dataset(config, "train", train=True, seed=1337, shard_index=0, shard_count=1), 3
     ):

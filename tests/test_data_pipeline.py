@@ -45,7 +45,7 @@ def _config(data_dir, **overrides) -> DataConfig:
         image_size=64,
         max_instances=3,
         num_points=2,
-        batch_size=2,
+        host_batch_size=2,
         read_threads=1,
         prefetch_batches=1,
     )
@@ -137,7 +137,7 @@ def test_every_instance_is_used_once_per_epoch(data_dir):
 
 
 def test_evaluation_is_deterministic_and_pads_the_last_batch(data_dir):
-    config = _config(data_dir, batch_size=4)
+    config = _config(data_dir, host_batch_size=4)
     first, again = _batches(config, "val", train=False), _batches(config, "val", train=False)
     other_seed = _batches(config, "val", train=False, seed=1)
     assert len(first) == 1  # two val images -> one batch of 4 with two empty samples
@@ -151,7 +151,7 @@ def test_evaluation_is_deterministic_and_pads_the_last_batch(data_dir):
 
 
 def test_evaluation_prompts_do_not_depend_on_the_number_of_hosts(data_dir):
-    config = _config(data_dir, batch_size=1)
+    config = _config(data_dir, host_batch_size=1)
 
     def key(sample):  # (image, chunk): the first box tells the chunks of one image apart
         return int(sample["image_id"]), tuple(sample["boxes"][0])
@@ -174,7 +174,7 @@ def test_evaluation_prompts_do_not_depend_on_the_number_of_hosts(data_dir):
 
 
 def test_training_reshuffles_and_resamples_every_epoch(data_dir):
-    config = _config(data_dir, batch_size=1, num_epochs=3)
+    config = _config(data_dir, host_batch_size=1, num_epochs=3)
     samples = _samples(_batches(config, "train", train=True))
     assert len(samples) == 3 * 6
     epochs = [samples[6 * e : 6 * (e + 1)] for e in range(3)]
@@ -223,7 +223,7 @@ def test_config_from_config_dict_and_its_errors(data_dir):
             "data_dir": str(data_dir),
             "image_size": 32,
             "pad": "bottom_right",
-            "batch_size": 2,
+            "host_batch_size": 2,
         }
     )
     (batch,) = _batches(config, "test", train=False)
@@ -270,18 +270,18 @@ def test_train_image_halves_split_the_training_images(data_dir):
 
     seen = {}
     for half in ("first_half", "second_half", "all"):
-        config = _config(data_dir, batch_size=1, train_images=half)
+        config = _config(data_dir, host_batch_size=1, train_images=half)
         rows = pipeline.host_samples(config, "train", train=True, shard_index=0, shard_count=1)
         seen[half] = set(rows[:, 0].tolist())
     assert seen["first_half"] and seen["second_half"]
     assert not seen["first_half"] & seen["second_half"]
     assert seen["first_half"] | seen["second_half"] == seen["all"]
     evaluation = pipeline.host_samples(
-        _config(data_dir, batch_size=1, train_images="first_half"), "val", train=False,
+        _config(data_dir, host_batch_size=1, train_images="first_half"), "val", train=False,
         shard_index=0, shard_count=1,
     )  # fmt: skip
     full = pipeline.host_samples(
-        _config(data_dir, batch_size=1), "val", train=False, shard_index=0, shard_count=1
+        _config(data_dir, host_batch_size=1), "val", train=False, shard_index=0, shard_count=1
     )
     np.testing.assert_array_equal(evaluation, full)
     with pytest.raises(ValueError, match="train_images"):

@@ -36,7 +36,7 @@ def target_scenes(tmp_path_factory) -> pipeline.DataConfig:
     prepare("coco_instances", config="demo_check", data_dir=root / "tfds", manual_dir=manual_dir, annotations=splits)  # fmt: skip
     return pipeline.DataConfig(
         dataset="coco_instances", dataset_config="demo_check", data_dir=str(root / "tfds"),
-        image_size=128, max_instances=8, batch_size=4,
+        image_size=128, max_instances=8, host_batch_size=4,
     )  # fmt: skip
 
 

@@ -116,7 +116,7 @@ def data(tmp_path_factory):
     )  # fmt: skip
     config = DataConfig(
         dataset="coco_instances", dataset_config="nwpu_val_subset", data_dir=str(data_dir),
-        image_size=IMAGE_SIZE, max_instances=50, num_points=1, batch_size=NWPU_IMAGES,
+        image_size=IMAGE_SIZE, max_instances=50, num_points=1, host_batch_size=NWPU_IMAGES,
     )  # fmt: skip
     (batch,) = list(make_dataset(config, "val", train=False, seed=0, shard_index=0, shard_count=1))
     source = load_prepared(data_dir, "coco_instances", "nwpu_val_subset").as_data_source("val")

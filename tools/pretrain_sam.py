@@ -120,7 +120,7 @@ def data_config(args, batch_size: int, num_points: int) -> pipeline.DataConfig:
         # Photometric augmentation would teach the source model the corruptions a study
         # adapts it to; only flips.
         strong_probability=0.0,
-        batch_size=batch_size,
+        host_batch_size=batch_size,
     )
 
 

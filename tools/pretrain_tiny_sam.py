@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         source = _write_dataset(root, "source", "source", args.train_images, 32, args.seed)
         # Another seed: the target scenes are not the source scenes recoloured.
         target = _write_dataset(root, "target", "target", 1, 32, args.seed + 1)
-        source = dataclasses.replace(source, batch_size=args.batch_size)
+        source = dataclasses.replace(source, host_batch_size=args.batch_size)
 
         config = sam_config("tiny", image_size=IMAGE_SIZE)
         model = Sam(config, rngs=nnx.Rngs(args.seed))

@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +128,20 @@ def convert(checkpoint: Path, output: Path, model_type: str = "auto") -> str:
     return f"converted SAM {model_type} ({count / 1e6:.1f}M parameters) from {checkpoint} to {output}/ ({HEADER} + params/)"
 
 
+def add_model_type_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--model-type", default="auto", choices=("auto",) + MODEL_TYPES, help=help)
+
+
+def run_cli(job: Callable[[], str]) -> int:
+    """Prints what `job` returns (exit 0), or one `error:` line for a ConversionError (exit 2)."""
+    try:
+        print(job())
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m weights_convert.convert_sam",
@@ -135,19 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--checkpoint", required=True, type=Path, help="sam_vit_{b,l,h}_*.pth")
     parser.add_argument("--output", required=True, type=Path, help="checkpoint directory to create")
-    parser.add_argument(
-        "--model-type",
-        default="auto",
-        choices=("auto",) + MODEL_TYPES,
-        help="SAM size; 'auto' (default) reads it from the tensor shapes",
-    )
+    add_model_type_flag(parser, "SAM size; 'auto' (default) reads it from the tensor shapes")
     args = parser.parse_args(argv)
-    try:
-        print(convert(args.checkpoint, args.output.resolve(), args.model_type))
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: convert(args.checkpoint, args.output.resolve(), args.model_type))
 
 
 if __name__ == "__main__":

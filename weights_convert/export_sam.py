@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from resam_jax.files import staged
-from resam_jax.model.architecture import MODEL_TYPES, SamConfig, sam_config
+from resam_jax.model.architecture import SamConfig, sam_config
 from resam_jax.model.checkpoint import (
     CheckpointError,
     fold_lora,
@@ -29,7 +29,7 @@ from resam_jax.model.checkpoint import (
     read_header,
 )
 from resam_jax.model.params import CheckpointMismatchError, flax_to_torch
-from weights_convert.convert_sam import ConversionError
+from weights_convert.convert_sam import ConversionError, add_model_type_flag, run_cli
 
 # The sizes segment_anything.sam_model_registry builds (with SAM's 1024 input).
 REGISTRY_TYPES = ("vit_b", "vit_l", "vit_h")
@@ -120,19 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         "--lora", type=Path, help="a run's export/lora, folded into --checkpoint's qkv weights"
     )
     parser.add_argument("--output", required=True, type=Path, help="OUT.pth to create")
-    parser.add_argument(
-        "--model-type",
-        default="auto",
-        choices=("auto",) + MODEL_TYPES,
-        help="SAM size the checkpoint must hold; 'auto' (default) takes the checkpoint's",
+    add_model_type_flag(
+        parser, "SAM size the checkpoint must hold; 'auto' (default) takes the checkpoint's"
     )
     args = parser.parse_args(argv)
-    try:
-        print(export(args.checkpoint, args.output.resolve(), args.model_type, args.lora))
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(
+        lambda: export(args.checkpoint, args.output.resolve(), args.model_type, args.lora)
+    )
 
 
 if __name__ == "__main__":

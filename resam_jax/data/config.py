@@ -88,7 +88,9 @@ class DataConfig(ViewConfig):
     # hrsid: inshore | offshore | all; coco_instances: the name it was built with
     dataset_config: str = "default"
     data_dir: str = "~/tensorflow_datasets"
-    batch_size: int = 1  # per host
+    host_batch_size: int = (
+        1  # samples per batch of THIS process (the run's data.batch_size is global)
+    )
     num_epochs: int | None = None  # training passes; None repeats until the trainer stops
     worker_count: int = 0  # grain worker processes; 0 works in the calling process
     read_threads: int = 2  # threads per process producing batches
@@ -103,7 +105,7 @@ class DataConfig(ViewConfig):
             raise ValueError(
                 f"train_images must be one of {TRAIN_IMAGES}, got {self.train_images!r}"
             )
-        for name in ("batch_size", "read_threads", "prefetch_batches"):
+        for name in ("host_batch_size", "read_threads", "prefetch_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.worker_count < 0:

@@ -2,7 +2,7 @@
 
     config = DataConfig(dataset="nwpu_vhr10", data_dir="~/tensorflow_datasets")
     for batch in make_dataset(config, "train", train=True, seed=1337):
-        ...  # dict of numpy arrays, leading dim config.batch_size
+        ...  # dict of numpy arrays, leading dim config.host_batch_size
 
 Every sample is one (image, chunk) pair: an image with more than `max_instances` instances
 becomes several samples, so every instance is used every epoch (the public code trains on
@@ -99,7 +99,7 @@ def host_samples(
                 f"{config.dataset}/{split} has {len(meta['num_instances'])} images, fewer than the {shard_count} hosts"
             )
         return np.resize(mine, (per_host, 2))
-    per_host = math.ceil(per_host / config.batch_size) * config.batch_size
+    per_host = math.ceil(per_host / config.host_batch_size) * config.host_batch_size
     padding = np.tile(np.int64([[-1, 0]]), (per_host - len(mine), 1))
     return np.concatenate([mine, padding])
 
@@ -117,7 +117,7 @@ def steps_per_epoch(
     n = len(
         host_samples(config, split, train=train, shard_index=shard_index, shard_count=shard_count)
     )
-    return n // config.batch_size
+    return n // config.host_batch_size
 
 
 def _split_metadata(config: DataConfig, split: str) -> dict[str, Any]:
@@ -214,12 +214,12 @@ def make_dataset(
         dataset = dataset.shuffle(seed=seed + shard_index).repeat(config.num_epochs)
     read_options = grain.ReadOptions(
         num_threads=config.read_threads,
-        prefetch_buffer_size=config.prefetch_batches * config.batch_size,
+        prefetch_buffer_size=config.prefetch_batches * config.host_batch_size,
     )
     iterable = (
         dataset.map_with_index(loader)
         .to_iter_dataset(read_options)
-        .batch(config.batch_size, drop_remainder=train, batch_fn=stack_samples)
+        .batch(config.host_batch_size, drop_remainder=train, batch_fn=stack_samples)
     )
     if config.worker_count > 0:
         # Grain's workers read absl flags of their own; outside an absl app (tests, notebooks)

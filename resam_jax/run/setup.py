@@ -138,7 +138,8 @@ def host_data_config(config: ml_collections.ConfigDict, data_dir: Path) -> pipel
     known = {f.name for f in dataclasses.fields(pipeline.DataConfig)}
     fields = {k: v for k, v in config.data.to_dict().items() if k in known}
     fields.update(
-        data_dir=str(data_dir), batch_size=parallel.per_host_batch_size(config.data.batch_size)
+        data_dir=str(data_dir),
+        host_batch_size=parallel.per_host_batch_size(config.data.batch_size),
     )
     try:
         return pipeline.DataConfig.from_mapping(fields)
