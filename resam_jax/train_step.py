@@ -261,8 +261,8 @@ def make_train_step(
             skipped=skipped,
             valid_instances=num_valid,
             learning_rate=schedule(updates_applied(state.opt_state)),
-            grad_norm=optax.global_norm(grads),
-            update_norm=optax.global_norm(updates),  # as computed, also when the step is skipped
+            grad_norm=optax.tree.norm(grads),
+            update_norm=optax.tree.norm(updates),  # as computed, also when the step is skipped
         )
         if resam:
             given = jnp.sum(micro["given_instances"])
