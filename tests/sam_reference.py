@@ -86,6 +86,18 @@ def randomize_(module: torch.nn.Module, seed: int) -> None:
             tensor.add_(0.01 * noise)
 
 
+def converted_reference(config: SamConfig, seed: int, root) -> tuple[TorchSam, object, object]:
+    """A random Meta-layout SAM saved as ROOT/reference.pth and converted by the CLI into
+    ROOT/ckpt, as a user converts Meta's weights: (reference, .pth path, checkpoint dir)."""
+    from weights_convert.convert_sam import main as convert_main
+
+    reference = build_reference(config, seed=seed)
+    pth, ckpt = root / "reference.pth", root / "ckpt"
+    torch.save(reference.state_dict(), pth)
+    assert convert_main(["--checkpoint", str(pth), "--output", str(ckpt)]) == 0
+    return reference, pth, ckpt
+
+
 def numpy_state_dict(module: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 

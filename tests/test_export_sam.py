@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from sam_reference import assert_same_prediction, build_reference
+from sam_reference import assert_same_prediction, build_reference, converted_reference
 from segment_anything import SamPredictor as TorchPredictor
 
 from resam_jax.model import load_sam, sam_config
@@ -22,13 +22,7 @@ TINY = sam_config("tiny")
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """A random Meta-layout tiny SAM saved as .pth and converted: (reference, pth, ckpt dir)."""
-    reference = build_reference(TINY, seed=21)
-    root = tmp_path_factory.mktemp("export")
-    torch.save(reference.state_dict(), root / "tiny.pth")
-    assert (
-        convert_main(["--checkpoint", str(root / "tiny.pth"), "--output", str(root / "ckpt")]) == 0
-    )
-    return reference, root / "tiny.pth", root / "ckpt"
+    return converted_reference(TINY, 21, tmp_path_factory.mktemp("export"))
 
 
 @pytest.fixture(scope="module")

@@ -5,26 +5,20 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from sam_reference import assert_same_prediction, build_reference
+from sam_reference import assert_same_prediction, converted_reference
 from segment_anything import SamPredictor as TorchPredictor
 
 from resam_jax.model import sam_config
 from resam_jax.sam_predictor import SamPredictor
-from weights_convert.convert_sam import main as convert_main
 
 TINY = sam_config("tiny")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    reference = build_reference(TINY, seed=41)
     root = tmp_path_factory.mktemp("predictor")
-    torch.save(reference.state_dict(), root / "tiny.pth")
-    assert (
-        convert_main(["--checkpoint", str(root / "tiny.pth"), "--output", str(root / "ckpt")]) == 0
-    )
+    reference, _, _ = converted_reference(TINY, 41, root)
     image = np.random.default_rng(0).integers(0, 256, size=(150, 230, 3), dtype=np.uint8)
     return reference, root, image
 
