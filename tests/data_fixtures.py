@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -197,3 +199,11 @@ def nwpu_real_dir() -> Path | None:
     """The real NWPU VHR-10 release next to the repository (or $RESAM_NWPU_DIR), if present."""
     path = Path(os.environ.get("RESAM_NWPU_DIR", REPO_ROOT.parent / "shared/data/NWPU"))
     return path if (path / "Annotations/NWPU_instances_train.json").is_file() else None
+
+
+def run_module(module: str, *args) -> tuple[int, str]:
+    """A CLI as a user runs it (`python -m module args`): its exit code and all its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+    return result.returncode, result.stdout + result.stderr

@@ -1,12 +1,10 @@
 """weights_convert.convert_sam: round trips, model-type detection, and every refusal."""
 
-import subprocess
-import sys
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from data_fixtures import run_module
 from sam_reference import build_reference, nchw, nhwc, numpy_state_dict
 
 from resam_jax.model import CheckpointError, load_sam, load_sam_params, sam_config
@@ -30,13 +28,7 @@ def pth(reference, tmp_path_factory):
 
 def run_cli(*args):
     """The converter as a user runs it: a separate process, its exit code and output."""
-    result = subprocess.run(
-        [sys.executable, "-m", "weights_convert.convert_sam", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return result.returncode, result.stdout + result.stderr
+    return run_module("weights_convert.convert_sam", *args)
 
 
 def assert_clean_failure(code, output, *fragments):

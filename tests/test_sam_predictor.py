@@ -1,10 +1,8 @@
 """SamPredictor port against segment_anything.SamPredictor on the tiny config, and the predict CLI."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from data_fixtures import run_module
 from PIL import Image
 from sam_reference import assert_same_prediction, converted_reference
 from segment_anything import SamPredictor as TorchPredictor
@@ -89,13 +87,7 @@ def test_predict_before_set_image_is_an_error(setup):
 
 
 def run_predict(*args):
-    result = subprocess.run(
-        [sys.executable, "-m", "resam_jax.predict", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return result.returncode, result.stdout + result.stderr
+    return run_module("resam_jax.predict", *args)
 
 
 def test_cli_writes_npz_and_overlay(setup, tmp_path):
