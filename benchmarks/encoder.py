@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from resam_jax.model import Sam, sam_config
-from resam_jax.model.architecture import ATTENTION_IMPLEMENTATIONS
+from resam_jax.model.architecture import ATTENTION_IMPLEMENTATIONS, SamConfig
 
 
 def time_call(fn, repeats: int) -> float:
@@ -40,17 +40,20 @@ def time_call(fn, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def jax_encoder(model_type: str, dtype: str, attention: str, images: np.ndarray):
-    model = Sam(sam_config(model_type, dtype=dtype, attention=attention), rngs=nnx.Rngs(0))
+def jax_encoder(model_type: str, dtype: str, attention: str, chunk: int, images: np.ndarray):
+    config = sam_config(model_type, dtype=dtype, attention=attention, attention_chunk_size=chunk)
+    model = Sam(config, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
     encode = jax.jit(lambda state, x: nnx.merge(graphdef, state).encode(x))
     x = jax.device_put(jnp.asarray(images))
     return lambda: encode(state, x).block_until_ready()
 
 
-def compiled_encoder_analysis(model_type: str, dtype: str, attention: str, batch: int) -> dict:
+def compiled_encoder_analysis(
+    model_type: str, dtype: str, attention: str, chunk: int, batch: int
+) -> dict:
     """XLA's memory and cost analysis of the compiled forward; nothing is allocated or run."""
-    config = sam_config(model_type, dtype=dtype, attention=attention)
+    config = sam_config(model_type, dtype=dtype, attention=attention, attention_chunk_size=chunk)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0))))
     images = jax.ShapeDtypeStruct((batch, config.image_size, config.image_size, 3), jnp.float32)
     encode = jax.jit(lambda state, x: nnx.merge(graphdef, state).encode(x))
@@ -94,6 +97,10 @@ def main() -> None:
     )
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument(
+        "--chunk-size", type=int, default=SamConfig.attention_chunk_size,
+        help="queries per block of chunked attention (SamConfig.attention_chunk_size)",
+    )  # fmt: skip
+    parser.add_argument(
         "--memory-analysis", action="store_true", help="compile only; print XLA's analyses"
     )
     args = parser.parse_args()
@@ -104,7 +111,9 @@ def main() -> None:
               f"{'GFLOP':>8}")  # fmt: skip
         for attention in args.attention:
             for dtype in args.dtypes:
-                a = compiled_encoder_analysis(args.model_type, dtype, attention, args.batch)
+                a = compiled_encoder_analysis(
+                    args.model_type, dtype, attention, args.chunk_size, args.batch
+                )
                 print(f"{attention:<12} {dtype:<9} {a['argument_gib']:9.3f} {a['output_gib']:8.3f} "
                       f"{a['temp_gib']:9.3f} {a['gflops']:8.1f}", flush=True)  # fmt: skip
         return
@@ -124,7 +133,7 @@ def main() -> None:
         rows.append((f"segment-anything (torch {torch.__version__}, float32)", reference))
     for attention in args.attention:
         for dtype in args.dtypes:
-            encoder = jax_encoder(args.model_type, dtype, attention, images)
+            encoder = jax_encoder(args.model_type, dtype, attention, args.chunk_size, images)
             seconds = time_call(encoder, args.repeats) / args.batch
             rows.append((f"resam-jax ({dtype}, {attention} attention)", seconds))
 

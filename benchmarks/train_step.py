@@ -7,7 +7,8 @@
     python benchmarks/train_step.py --side jax --memory-analysis --variants reference/none \
         chunked/none reference/blocks chunked/blocks                      # compile only
 
---variants lists resam-jax configurations as ATTENTION/REMAT (model.attention, model.remat),
+--variants lists resam-jax configurations as ATTENTION[:CHUNK]/REMAT (model.attention,
+model.attention_chunk_size, model.remat),
 each timed in its own subprocess in the same run. --memory-analysis runs nothing: it compiles
 each variant's step and prints XLA's memory analysis (argument, output, temporary bytes) and
 cost analysis (FLOPs per step).
@@ -151,9 +152,12 @@ def run_jax(args: argparse.Namespace) -> dict:
     from resam_jax.train_step import make_train_step
 
     attention, remat = args.variant.split("/")
+    attention, _, chunk = attention.partition(":")
     config = base_config()
     config.method.mode = "resam"
     config.model.update(lora_start_layer=6, attention=attention, remat=remat)
+    if chunk:
+        config.model.attention_chunk_size = int(chunk)
     sam = sam_config(
         args.model_type,
         image_size=args.image_size,
@@ -161,8 +165,11 @@ def run_jax(args: argparse.Namespace) -> dict:
         lora_start_layer=config.model.lora_start_layer,
         dtype=config.model.dtype,
         attention=config.model.attention,
+        attention_chunk_size=config.model.attention_chunk_size,
         remat=config.model.remat,
     )
+    if attention == "chunked":
+        attention = f"chunked {config.model.attention_chunk_size}"
     name = f"resam-jax (float32, {attention} attention, remat {remat})"
     graphdef, lora, frozen = split_model(nnx.eval_shape(lambda: Sam(sam, rngs=nnx.Rngs(0))))
     train_step = jax.jit(
@@ -437,7 +444,8 @@ def main() -> None:
         "--variants",
         nargs="+",
         default=["reference/none"],
-        help="resam-jax configurations, each ATTENTION/REMAT (model.attention/model.remat)",
+        help="resam-jax configurations, each ATTENTION[:CHUNK]/REMAT (model.attention, "
+        "model.attention_chunk_size, model.remat), e.g. chunked:128/blocks",
     )
     parser.add_argument(
         "--memory-analysis", action="store_true", help="jax only: compile, print XLA's analyses"

@@ -52,10 +52,12 @@ def next_steps() -> str:
 
 def run_command(job: Callable[[], T]) -> T:
     """The body every run command shares (main, resam_jax.robustness, resam_jax.study):
-    multi-host set-up before anything touches a JAX backend, quiet library logs, and a RunError
-    (missing weights, unprepared data, a bad config value) as one error line with exit code 2."""
+    XLA's default flags (parallel.set_default_xla_flags) and the multi-host set-up before
+    anything touches a JAX backend, quiet library logs, and a RunError (missing weights,
+    unprepared data, a bad config value) as one error line with exit code 2."""
     from resam_jax import parallel
 
+    parallel.set_default_xla_flags()
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from resam_jax.run import RunError, reporting
 

@@ -34,7 +34,7 @@ def test_memory_options_may_change_on_resume_and_accumulation_may_not(tmp_path):
     path = saved_without_new_fields(tmp_path)
     defaults = reporting.flat_config(base_config().to_dict())
     config = base_config()
-    config.model.update(attention="dot_product", remat="blocks", attention_chunk_size=256)
+    config.model.update(attention="dot_product", remat="none", attention_chunk_size=256)
     config.train.grad_accum_steps = 2
     changes = reporting.config_changes(path, config.to_dict(), defaults)
     fatal = [name for name, _, _ in changes if name not in reporting.RESUMABLE_FIELDS]

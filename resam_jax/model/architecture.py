@@ -50,8 +50,11 @@ class SamConfig:
     # scores in the backward pass, so no global block holds more than one block of scores;
     # "dot_product" is jax.nn.dot_product_attention with the relative-position bias as `bias`
     # (cuDNN on GPU; the bias itself is [tokens, tokens]). All three are the same function.
-    attention: str = "reference"
-    attention_chunk_size: int = 1024
+    # "chunked" by 128 queries is the default: on CPU it runs ViT-B's encoder 1.6x faster than
+    # "reference" (each block of scores, 12 x 128 x 4096, stays in cache) and keeps the train
+    # step's attention temporaries small (README, Benchmarks).
+    attention: str = "chunked"
+    attention_chunk_size: int = 128
     # Rematerialisation of the encoder blocks that carry gradients (lora_blocks()), REMAT_OPTIONS:
     # "none"; "blocks" saves only each block's input and recomputes the rest in the backward
     # pass; a jax.checkpoint_policies name saves what that policy saves.

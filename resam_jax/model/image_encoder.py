@@ -47,8 +47,8 @@ class Attention(nnx.Module):
         *,
         lora_rank: int | None,
         dtype,
-        implementation: str = "reference",
-        chunk_size: int = 1024,
+        implementation: str = SamConfig.attention,
+        chunk_size: int = SamConfig.attention_chunk_size,
         rngs: nnx.Rngs,
     ):
         self.implementation = implementation
@@ -199,8 +199,8 @@ class Block(nnx.Module):
         *,
         lora_rank: int | None,
         dtype,
-        attention: str = "reference",
-        attention_chunk_size: int = 1024,
+        attention: str = SamConfig.attention,
+        attention_chunk_size: int = SamConfig.attention_chunk_size,
         rngs: nnx.Rngs,
     ):
         self.window_size = window_size
