@@ -1,11 +1,12 @@
 """SAM image-encoder speed: resam-jax (float32, bfloat16) against segment-anything, same run.
 
-    python benchmarks/encoder.py                   # vit_b, 1024x1024, batch 1
+    python benchmarks/encoder.py                   # vit_b, 1024x1024, batch 1, default options
     python benchmarks/encoder.py --model-type vit_l --batch 2 --repeats 5
     python benchmarks/encoder.py --attention reference chunked --dtypes float32
     python benchmarks/encoder.py --memory-analysis --attention reference chunked  # compile only
 
---attention picks SamConfig.attention (one row per implementation and dtype). With
+--attention picks SamConfig.attention (one row per implementation and dtype; by default the
+SamConfig default, chunked by --chunk-size queries, and "reference"). With
 --memory-analysis nothing runs: each forward is compiled and XLA's memory analysis (argument,
 output and temporary bytes) and cost analysis (FLOPs) are printed.
 
@@ -93,7 +94,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-reference", action="store_true", help="time resam-jax only")
     parser.add_argument(
-        "--attention", nargs="+", default=["reference"], choices=ATTENTION_IMPLEMENTATIONS
+        "--attention",
+        nargs="+",
+        default=[SamConfig.attention, "reference"],
+        choices=ATTENTION_IMPLEMENTATIONS,
+        help="one row per implementation and dtype; default: the SamConfig default and reference",
     )
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument(
