@@ -1,7 +1,6 @@
 """ReSAM train step: resam-jax against a PyTorch step built as the public ReSAM code builds it.
 
-    python benchmarks/train_step.py                    # vit_b, 1024x1024, batch 1, 8 instances:
-                                                       # PyTorch, the defaults, both options off
+    python benchmarks/train_step.py                    # vit_b, 1024x1024, batch 1, 8 instances
     python benchmarks/train_step.py --instances 50 --repeats 5
     python benchmarks/train_step.py --side jax --repeats 1 --warmup 0    # one side only
     python benchmarks/train_step.py --variants reference/none chunked/blocks   # jax options
@@ -9,11 +8,10 @@
         chunked/none reference/blocks chunked/blocks                      # compile only
 
 --variants lists resam-jax configurations as ATTENTION[:CHUNK]/REMAT (model.attention,
-model.attention_chunk_size, model.remat; default: base_config's, then reference/none),
+model.attention_chunk_size, model.remat),
 each timed in its own subprocess in the same run. --memory-analysis runs nothing: it compiles
 each variant's step and prints XLA's memory analysis (argument, output, temporary bytes) and
-cost analysis (FLOPs per step). XLA_FLAGS gets the XLA:CPU scheduler flag the run commands set
-(resam_jax.parallel.set_default_xla_flags) unless it names that flag already.
+cost analysis (FLOPs per step).
 
 One image per step, N instances each prompted with 1 positive and 1 negative point.
 
@@ -34,11 +32,17 @@ Prints wall and CPU seconds per step (CPU time, summed over the process's thread
 load-sensitive of the two on a shared machine), compile seconds, peak RSS, the load average
 around each side, and the speed-up torch / jax. The PyTorch side is segment-anything's registry
 model, so --image-size other than the model's own runs with --side jax only.
+
+Each timed jax variant also prints its model FLOP utilisation: MFU = model FLOPs per step
+(benchmarks/plan.py's model_flops: the step with reference attention and no remat) / median
+seconds per step / the device's peak FLOP/s (benchmarks/peak_flops.py: the datasheet figure of
+a known accelerator; on a CPU the measured float32 matmul rate of this machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -47,10 +51,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import ml_collections
+
+    from resam_jax.model.architecture import SamConfig
+
+if not __package__:  # run as a script (python benchmarks/train_step.py): benchmarks.* importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 RESULT_PREFIX = "RESULT "
+# LoRA from encoder block 6, as configs/nwpu.py (the public config_nwpu) and base_config.
+LORA_START_LAYER = 6
 SIDES = ("torch", "jax")
 # The strong view's photometric augmentation does not change the work; a fixed seed keeps the
 # batch identical for both sides.
@@ -144,7 +160,30 @@ def synthetic_batch(image_size: int, instances: int, seed: int) -> dict[str, np.
 # ----------------------------------------------------------------------------------- resam-jax
 
 
-def run_jax(args: argparse.Namespace) -> dict:
+@dataclasses.dataclass(frozen=True)
+class JaxStep:
+    """One resam-jax configuration's ReSAM train step, built on abstract shapes (nothing is
+    allocated): what the timed run, --memory-analysis and benchmarks/plan.py compile."""
+
+    name: str  # for the tables, e.g. "resam-jax (float32, chunked 128 attention, remat blocks)"
+    config: ml_collections.ConfigDict  # base_config() with mode "resam" and these options
+    sam: SamConfig
+    step: Callable  # jax.jit(make_train_step(...)) donating the state: (state, frozen, batch)
+    state: Any  # the TrainState at step 0, as jax.ShapeDtypeStruct leaves
+    frozen: Any  # the frozen SAM variables, as jax.ShapeDtypeStruct leaves
+
+
+def build_jax_step(
+    model_type: str,
+    image_size: int,
+    attention: str,
+    remat: str,
+    chunk_size: int | None = None,
+    dtype: str = "float32",
+    lora_start_layer: int = LORA_START_LAYER,
+) -> JaxStep:
+    """The train step of resam_jax.config.base_config() in mode "resam" (epoch 1) with these
+    model options (chunk_size None: base_config's), on abstract shapes."""
     import jax
     from flax import nnx
 
@@ -153,16 +192,16 @@ def run_jax(args: argparse.Namespace) -> dict:
     from resam_jax.train_state import create_train_state, split_model
     from resam_jax.train_step import make_train_step
 
-    attention, remat = args.variant.split("/")
-    attention, _, chunk = attention.partition(":")
     config = base_config()
     config.method.mode = "resam"
-    config.model.update(lora_start_layer=6, attention=attention, remat=remat)
-    if chunk:
-        config.model.attention_chunk_size = int(chunk)
+    config.model.update(
+        lora_start_layer=lora_start_layer, attention=attention, remat=remat, dtype=dtype
+    )
+    if chunk_size is not None:
+        config.model.attention_chunk_size = chunk_size
     sam = sam_config(
-        args.model_type,
-        image_size=args.image_size,
+        model_type,
+        image_size=image_size,
         lora_rank=config.model.lora_rank,
         lora_start_layer=config.model.lora_start_layer,
         dtype=config.model.dtype,
@@ -172,33 +211,62 @@ def run_jax(args: argparse.Namespace) -> dict:
     )
     if attention == "chunked":
         attention = f"chunked {config.model.attention_chunk_size}"
-    name = f"resam-jax (float32, {attention} attention, remat {remat})"
     graphdef, lora, frozen = split_model(nnx.eval_shape(lambda: Sam(sam, rngs=nnx.Rngs(0))))
-    train_step = jax.jit(
+    state = jax.eval_shape(
+        lambda lora: create_train_state(lora, sam.prompt_embed_dim, config), lora
+    )
+    step = jax.jit(
         make_train_step(graphdef, config, steps_per_epoch=10**6), donate_argnums=0
     )  # epoch 1
-    batch = synthetic_batch(args.image_size, args.instances, BATCH_SEED)
+    return JaxStep(
+        name=f"resam-jax ({dtype}, {attention} attention, remat {remat})",
+        config=config,
+        sam=sam,
+        step=step,
+        state=state,
+        frozen=frozen,
+    )
+
+
+def abstract_batch(image_size: int, instances: int, batch: int) -> dict:
+    """The shapes and dtypes of `batch` images of synthetic_batch (jax.ShapeDtypeStruct)."""
+    import jax
+
+    one = synthetic_batch(image_size, instances, BATCH_SEED)
+    return {k: jax.ShapeDtypeStruct((batch, *v.shape[1:]), v.dtype) for k, v in one.items()}
+
+
+def run_jax(args: argparse.Namespace) -> dict:
+    import jax
+    from flax import nnx
+
+    from resam_jax.model import Sam
+    from resam_jax.train_state import create_train_state, split_model
+
+    attention, remat = args.variant.split("/")
+    attention, _, chunk = attention.partition(":")
+    jax_step = build_jax_step(
+        args.model_type, args.image_size, attention, remat, int(chunk) if chunk else None
+    )
+    config, sam, train_step, name = jax_step.config, jax_step.sam, jax_step.step, jax_step.name
     if args.memory_analysis:
-        state = jax.eval_shape(
-            lambda lora: create_train_state(lora, sam.prompt_embed_dim, config), lora
-        )
-        start = time.perf_counter()
-        compiled = train_step.lower(state, frozen, batch).compile()
-        memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
+        from benchmarks.plan import compiled_analysis
+
+        batch = abstract_batch(args.image_size, args.instances, 1)
+        analysis = compiled_analysis(jax_step, batch)
         return {
             "name": name,
-            "compile_s": time.perf_counter() - start,
+            "compile_s": analysis["compile_s"],
             "analysis": {
-                "argument_gib": memory.argument_size_in_bytes / 2**30,
-                "output_gib": memory.output_size_in_bytes / 2**30,
-                "temp_gib": memory.temp_size_in_bytes / 2**30,
-                "tflops": cost.get("flops", float("nan")) / 1e12,
+                "argument_gib": analysis["argument_bytes"] / 2**30,
+                "output_gib": analysis["output_bytes"] / 2**30,
+                "temp_gib": analysis["temp_bytes"] / 2**30,
+                "tflops": analysis["flops"] / 1e12,
             },
         }
     _, lora, frozen = split_model(Sam(sam, rngs=nnx.Rngs(config.seed)))
     state = create_train_state(lora, sam.prompt_embed_dim, config)
-    batch = jax.device_put(batch)
+    batch = jax.device_put(synthetic_batch(args.image_size, args.instances, BATCH_SEED))
     log(f"jax {jax.__version__} on {jax.devices()[0].device_kind}: model and batch ready")
 
     start = time.perf_counter()
@@ -214,6 +282,10 @@ def run_jax(args: argparse.Namespace) -> dict:
         jax.block_until_ready((state, metrics))
 
     samples = timed_steps(one_step, args.repeats, args.warmup)
+    from benchmarks.peak_flops import peak_flops
+    from benchmarks.plan import model_flops
+
+    peak, peak_source = peak_flops(config.model.dtype)
     return {
         "name": name,
         "samples": samples,
@@ -222,6 +294,16 @@ def run_jax(args: argparse.Namespace) -> dict:
             key: float(metrics[key])
             for key in ("loss", "skipped", "valid_instances", "pseudo_label_kept_fraction")
         },
+        "model_flops": model_flops(
+            args.model_type,
+            args.image_size,
+            args.instances,
+            1,
+            config.model.dtype,
+            config.model.lora_start_layer,
+        ),  # fmt: skip
+        "peak_flops": peak,
+        "peak_source": peak_source,
     }
 
 
@@ -427,6 +509,12 @@ def print_table(args: argparse.Namespace, results: list[dict]) -> None:
         )
     print("speed-up = PyTorch time / this time (> 1: faster than the public code's step)")
     for r in results:
+        if "model_flops" in r:
+            print(f"  {r['name']}: MFU {r['model_flops'] / median(r, 'wall') / r['peak_flops']:.1%} "
+                  f"= {r['model_flops'] / 1e12:.3g} TFLOP per step (model FLOPs, benchmarks/plan.py) "
+                  f"/ {median(r, 'wall'):.2f} s / peak {r['peak_flops'] / 1e12:.3g} TFLOP/s "
+                  f"({r['peak_source']})")  # fmt: skip
+    for r in results:
         wall = ", ".join(f"{s:.1f}" for s in r["samples"]["wall"])
         cpu = ", ".join(f"{s:.1f}" for s in r["samples"]["cpu"])
         load = " -> ".join(f"{x:.2f}" for x in r["load_average"])
@@ -434,18 +522,7 @@ def print_table(args: argparse.Namespace, results: list[dict]) -> None:
         print(f"  {r['side']}: wall [{wall}] s, CPU [{cpu}] s, load average {load}; {notes}")
 
 
-def default_variant() -> str:
-    """The training defaults (resam_jax.config.base_config) as ATTENTION:CHUNK/REMAT."""
-    from resam_jax.config import base_config
-
-    model = base_config().model
-    return f"{model.attention}:{model.attention_chunk_size}/{model.remat}"
-
-
 def main() -> None:
-    from resam_jax.parallel import set_default_xla_flags
-
-    set_default_xla_flags()  # as the run commands do; the child processes inherit it
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-type", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
     parser.add_argument("--instances", type=int, default=8, help="instances per image (N)")
@@ -456,7 +533,7 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=None,
+        default=["reference/none"],
         help="resam-jax configurations, each ATTENTION[:CHUNK]/REMAT (model.attention, "
         "model.attention_chunk_size, model.remat), e.g. chunked:128/blocks",
     )
@@ -464,8 +541,6 @@ def main() -> None:
         "--memory-analysis", action="store_true", help="jax only: compile, print XLA's analyses"
     )
     args = parser.parse_args()
-    if args.variants is None:
-        args.variants = [default_variant(), "reference/none"]
     if args.image_size is None:
         from resam_jax.model import sam_config
 

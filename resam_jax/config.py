@@ -59,7 +59,12 @@ def _step_config() -> ml_collections.ConfigDict:
     )
     # grad_accum_steps: micro-batches per update; the batch (data.batch_size, split over the
     # devices) is cut into that many, their LoRA gradients summed before one optimiser update.
-    config.train = ml_collections.ConfigDict(dict(num_epochs=10, grad_accum_steps=1))
+    # instance_chunk_size: the student decodes and scores this many instance slots at a time,
+    # recomputing them in the backward pass (resam_jax/train_step.py in_instance_chunks), so
+    # that 50 instances per image cost the decoder activations of one chunk; 0: all at once.
+    config.train = ml_collections.ConfigDict(
+        dict(num_epochs=10, grad_accum_steps=1, instance_chunk_size=8)
+    )
     # [0, 1] RGB, no mean/std (what the public code feeds SAM) | "sam" (SAM's normalisation)
     config.model = ml_collections.ConfigDict(dict(pixel_norm="unit"))
     config.eval = ml_collections.ConfigDict(

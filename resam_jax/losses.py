@@ -63,6 +63,23 @@ def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
     return total / jnp.maximum(jnp.sum(valid, dtype=values.dtype), 1.0)
 
 
+def instance_losses(
+    logits: jax.Array,
+    iou_predictions: jax.Array,
+    targets: jax.Array,
+    focal_alpha: float,
+    focal_gamma: float,
+    iou_target_on: ThresholdOn,
+) -> dict[str, jax.Array]:
+    """Focal, dice and IoU-regression losses of every instance [...] (segmentation_losses'
+    arguments, without `valid`)."""
+    return {
+        "focal": focal_loss(logits, targets, focal_alpha, focal_gamma),
+        "dice": dice_loss(logits, targets),
+        "iou": iou_regression_loss(iou_predictions, logits, targets, iou_target_on),
+    }
+
+
 def segmentation_losses(
     logits: jax.Array,
     iou_predictions: jax.Array,
@@ -81,10 +98,7 @@ def segmentation_losses(
         valid: bool [B, N].
         iou_target_on: how the IoU head's target binarises the logits (see mask_iou).
     """
-    return {
-        "focal": masked_mean(focal_loss(logits, targets, focal_alpha, focal_gamma), valid),
-        "dice": masked_mean(dice_loss(logits, targets), valid),
-        "iou": masked_mean(
-            iou_regression_loss(iou_predictions, logits, targets, iou_target_on), valid
-        ),
-    }
+    losses = instance_losses(
+        logits, iou_predictions, targets, focal_alpha, focal_gamma, iou_target_on
+    )
+    return {name: masked_mean(values, valid) for name, values in losses.items()}
