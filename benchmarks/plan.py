@@ -13,9 +13,11 @@ outputs aliased onto donated arguments, and the total a device must hold, argume
 + temporaries - aliased.
 
 FLOPs: XLA's cost analysis counts the body of a loop once, so it understates chunked attention
-(`jax.lax.map` over query blocks). The model FLOPs per step are therefore those of the same
-step with attention "reference" and remat "none" (the same arithmetic, no recomputation): what
-model FLOP utilisation (MFU) divides by. The options' own counts are printed beside them.
+(`jax.lax.map` over query blocks) and instance chunks (train.instance_chunk_size, a
+`jax.lax.scan` over instance slots). The model FLOPs per step are therefore those of the same
+step with attention "reference", all instances at once and remat "none" (the same arithmetic,
+no recomputation): what model FLOP utilisation (MFU) divides by. The options' own counts are
+printed beside them.
 
 XLA:CPU figures are taken with resam_jax.parallel.set_default_xla_flags() applied before the
 backend starts, as the run commands do (without it remat saves nothing on XLA:CPU at 1024).
@@ -86,12 +88,13 @@ def model_flops(
     lora_start_layer: int | None = None,
 ) -> float:
     """FLOPs of one train step as the model needs them: the step with attention "reference"
-    (no loop whose body XLA's cost analysis would count once) and remat "none" (no
-    recomputation), counted by XLA's cost analysis of the lowered program, before XLA's
-    optimisations, so that no compile is needed."""
+    and all instances decoded at once (no loop whose body XLA's cost analysis would count
+    once) and remat "none" (no recomputation), counted by XLA's cost analysis of the lowered
+    program, before XLA's optimisations, so that no compile is needed."""
     jax_step = build_jax_step(
         model_type, image_size, "reference", "none", dtype=dtype,
         lora_start_layer=default_lora_start_layer(model_type, lora_start_layer),
+        instance_chunk_size=0,
     )  # fmt: skip
     lowered = jax_step.step.lower(
         jax_step.state, jax_step.frozen, abstract_batch(image_size, instances, batch)
@@ -109,6 +112,7 @@ def plan(
     dtype: str = "float32",
     lora_start_layer: int | None = None,
     chunk_size: int | None = None,
+    instance_chunk_size: int | None = None,
 ) -> dict:
     """The model FLOPs of one step and, per attention x remat option, compiled_analysis of
     its step for `batch` images per device with `instances` slots each (chunk_size None:
@@ -119,8 +123,9 @@ def plan(
     for attention in attentions:
         for remat in remats:
             jax_step = build_jax_step(
-                model_type, image_size, attention, remat, chunk_size, dtype, lora_start_layer
-            )
+                model_type, image_size, attention, remat, chunk_size, dtype, lora_start_layer,
+                instance_chunk_size,
+            )  # fmt: skip
             options.append(
                 {"attention": attention, "remat": remat, "name": jax_step.name,
                  **compiled_analysis(jax_step, shapes)}
@@ -171,6 +176,7 @@ def print_sweep(args: argparse.Namespace) -> None:
             result = plan(
                 model_type, image_size, batch, args.instances, (args.attention[0],),
                 TABLE_REMATS, args.dtype, args.lora_start_layer, args.chunk_size,
+                args.instance_chunk,
             )  # fmt: skip
             for o in result["options"]:
                 print(f"| {model_type} | {batch} | {o['remat']} | {o['total_bytes'] / GIB:.2f} | "
@@ -195,6 +201,11 @@ def main() -> None:
     parser.add_argument(
         "--chunk-size", type=int, default=None,
         help=f"model.attention_chunk_size (default: base_config's, {default_model.attention_chunk_size})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--instance-chunk", type=int, default=None,
+        help="train.instance_chunk_size, instance slots decoded at a time; 0: all at once "
+        f"(default: base_config's, {base_config().train.instance_chunk_size})",
     )  # fmt: skip
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument(
@@ -226,7 +237,7 @@ def main() -> None:
           f"LoRA from block {lora_start_layer}", flush=True)  # fmt: skip
     result = plan(
         args.model_type, image_size, args.batch, args.instances, tuple(args.attention),
-        tuple(args.remat), args.dtype, lora_start_layer, args.chunk_size,
+        tuple(args.remat), args.dtype, lora_start_layer, args.chunk_size, args.instance_chunk,
     )  # fmt: skip
     print_plan(args, result, None if args.no_peak else peak_flops(args.dtype))
 

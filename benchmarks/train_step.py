@@ -1,6 +1,7 @@
 """ReSAM train step: resam-jax against a PyTorch step built as the public ReSAM code builds it.
 
-    python benchmarks/train_step.py                    # vit_b, 1024x1024, batch 1, 8 instances
+    python benchmarks/train_step.py                    # vit_b, 1024x1024, batch 1, 8 instances:
+                                                       # PyTorch, the defaults, both options off
     python benchmarks/train_step.py --instances 50 --repeats 5
     python benchmarks/train_step.py --side jax --repeats 1 --warmup 0    # one side only
     python benchmarks/train_step.py --variants reference/none chunked/blocks   # jax options
@@ -8,10 +9,11 @@
         chunked/none reference/blocks chunked/blocks                      # compile only
 
 --variants lists resam-jax configurations as ATTENTION[:CHUNK]/REMAT (model.attention,
-model.attention_chunk_size, model.remat),
+model.attention_chunk_size, model.remat; default: base_config's, then reference/none),
 each timed in its own subprocess in the same run. --memory-analysis runs nothing: it compiles
 each variant's step and prints XLA's memory analysis (argument, output, temporary bytes) and
-cost analysis (FLOPs per step).
+cost analysis (FLOPs per step). XLA_FLAGS gets the XLA:CPU scheduler flag the run commands set
+(resam_jax.parallel.set_default_xla_flags) unless it names that flag already.
 
 One image per step, N instances each prompted with 1 positive and 1 negative point.
 
@@ -181,9 +183,10 @@ def build_jax_step(
     chunk_size: int | None = None,
     dtype: str = "float32",
     lora_start_layer: int = LORA_START_LAYER,
+    instance_chunk_size: int | None = None,
 ) -> JaxStep:
     """The train step of resam_jax.config.base_config() in mode "resam" (epoch 1) with these
-    model options (chunk_size None: base_config's), on abstract shapes."""
+    model options (chunk_size, instance_chunk_size None: base_config's), on abstract shapes."""
     import jax
     from flax import nnx
 
@@ -199,6 +202,8 @@ def build_jax_step(
     )
     if chunk_size is not None:
         config.model.attention_chunk_size = chunk_size
+    if instance_chunk_size is not None:
+        config.train.instance_chunk_size = instance_chunk_size
     sam = sam_config(
         model_type,
         image_size=image_size,
@@ -522,7 +527,18 @@ def print_table(args: argparse.Namespace, results: list[dict]) -> None:
         print(f"  {r['side']}: wall [{wall}] s, CPU [{cpu}] s, load average {load}; {notes}")
 
 
+def default_variant() -> str:
+    """The training defaults (resam_jax.config.base_config) as ATTENTION:CHUNK/REMAT."""
+    from resam_jax.config import base_config
+
+    model = base_config().model
+    return f"{model.attention}:{model.attention_chunk_size}/{model.remat}"
+
+
 def main() -> None:
+    from resam_jax.parallel import set_default_xla_flags
+
+    set_default_xla_flags()  # as the run commands do; the child processes inherit it
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-type", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
     parser.add_argument("--instances", type=int, default=8, help="instances per image (N)")
@@ -533,7 +549,7 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=["reference/none"],
+        default=None,
         help="resam-jax configurations, each ATTENTION[:CHUNK]/REMAT (model.attention, "
         "model.attention_chunk_size, model.remat), e.g. chunked:128/blocks",
     )
@@ -541,6 +557,8 @@ def main() -> None:
         "--memory-analysis", action="store_true", help="jax only: compile, print XLA's analyses"
     )
     args = parser.parse_args()
+    if args.variants is None:
+        args.variants = [default_variant(), "reference/none"]
     if args.image_size is None:
         from resam_jax.model import sam_config
 
