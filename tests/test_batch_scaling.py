@@ -156,13 +156,20 @@ def _run(results, name: str) -> dict[str, np.ndarray]:
     return {k[len(prefix) :]: v for k, v in results.items() if k.startswith(prefix)}
 
 
-def _assert_same_run(actual, expected, what: str, rtol: float):
+def _assert_same_run(actual, expected, what: str, rtol: float, iou_rtol: float | None = None):
+    """Equal to `rtol`; the IoU term to `iou_rtol` (default `rtol`): its target binarises the
+    logits, so a logit within float rounding of the threshold flips a pixel between programs
+    of different shapes."""
     assert actual.keys() == expected.keys()
     for key in expected:
         a, e = actual[key].astype(np.float64), expected[key].astype(np.float64)
         if key.startswith("metrics/"):
-            if key[len("metrics/") :] in (*LOSS_TERMS, "grad_norm", "valid_instances"):
-                np.testing.assert_allclose(a, e, rtol=rtol, atol=1e-7, err_msg=f"{what}: {key}")
+            name = key[len("metrics/") :]
+            if name in (*LOSS_TERMS, "grad_norm", "valid_instances"):
+                tolerance = iou_rtol if name == "iou" and iou_rtol is not None else rtol
+                np.testing.assert_allclose(
+                    a, e, rtol=tolerance, atol=1e-7, err_msg=f"{what}: {key}"
+                )
         else:  # a state tensor: to rtol of its largest entry
             scale = float(np.abs(e).max()) if e.size else 0.0
             np.testing.assert_allclose(
@@ -190,5 +197,11 @@ def test_per_device_batch_of_two_with_fifty_instances_per_image(tmp_path):
     # term's target binarises the logits, so it moves most (5e-5 relative measured).
     _assert_same_run(sharded, single, "2 devices vs 1 device", rtol=2e-4)
     # The loss is a mean over all valid instances of the batch: accumulation over the single
-    # images, each weighted by its valid instances, gives the same update.
-    _assert_same_run(single, accumulated, "whole batch vs 4 single images", rtol=1e-5)
+    # images, each weighted by its valid instances, gives the same update. The decoder runs on
+    # [4, 8] and [1, 8] instance chunks there (train.instance_chunk_size), whose gradients the
+    # backward scan sums in a different order: Adam's second moments differ by up to 1.01e-5
+    # of their largest entry (measured), and one flipped pixel in the IoU term's target moved
+    # it 5e-5 relative.
+    _assert_same_run(
+        single, accumulated, "whole batch vs 4 single images", rtol=2e-5, iou_rtol=2e-4
+    )

@@ -2,18 +2,15 @@
 the synthetic dataset, its JSON and table, and a one-line error for bad input."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from data_fixtures import run_module
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "resam_jax.diagnose", "--config=configs/demo.py", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+def _run(*args: str) -> tuple[int, str]:
+    return run_module("resam_jax.diagnose", f"--config={DEMO_CONFIG}", *args)
 
 
 def test_diagnosis_scores_every_stage(tmp_path, synthetic_data):
@@ -26,7 +23,8 @@ def test_diagnosis_scores_every_stage(tmp_path, synthetic_data):
         "--config.data.synthetic_images=8",  # the fixture's dataset: found, not regenerated
         "--images=6",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, output = result
+    assert code == 0, output[-3000:]
     report = json.loads((workdir / "diagnose.json").read_text())
     assert report["images"] == 6 and report["instances"] > 6
     p = report["percent"]
@@ -39,10 +37,10 @@ def test_diagnosis_scores_every_stage(tmp_path, synthetic_data):
     assert p["requery_gt"] > 40
     table = (workdir / "diagnose.md").read_text()
     assert f"| point masks | {p['point']:.1f} |" in table
-    assert table.splitlines()[0] in result.stdout
+    assert table.splitlines()[0] in output
 
 
 def test_no_images_is_a_one_line_error(tmp_path):
-    result = _run(f"--workdir={tmp_path}", "--images=0")
-    assert result.returncode == 2
-    assert "error: --images=0; expected at least 1" in result.stderr
+    code, output = _run(f"--workdir={tmp_path}", "--images=0")
+    assert code == 2
+    assert "error: --images=0; expected at least 1" in output
