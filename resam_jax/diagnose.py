@@ -55,6 +55,7 @@ def diagnose(config, workdir: str | Path, images: int) -> dict[str, Any]:
     import numpy as np
 
     from resam_jax.data import pipeline
+    from resam_jax.metrics import instance_iou
     from resam_jax.model import decode_masks, normalize_pixels
     from resam_jax.run import setup
     from resam_jax.stages.refine import refine_masks
@@ -97,9 +98,7 @@ def diagnose(config, workdir: str | Path, images: int) -> dict[str, Any]:
         gt_area = gt.sum((-1, -2), dtype=jnp.float32)
         out = {}
         for name, mask in masks.items():
-            inter = (mask & gt).sum((-1, -2), dtype=jnp.float32)
-            union = (mask | gt).sum((-1, -2), dtype=jnp.float32)
-            out[name] = inter / jnp.maximum(union, 1.0)
+            out[name] = instance_iou(mask, gt)
             out[name + "_area"] = mask.sum((-1, -2), dtype=jnp.float32) / jnp.maximum(gt_area, 1.0)
         unconfident = point & ~refined
         out["refine_dropped"] = unconfident.sum((-1, -2), dtype=jnp.float32) / jnp.maximum(

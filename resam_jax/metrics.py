@@ -58,12 +58,17 @@ def confusion_counts(predicted: jax.Array, target: jax.Array, valid: jax.Array) 
     return jnp.stack([tp, fp, fn, tn], axis=-1) * valid[..., None]
 
 
-def masked_mean_iou(predicted: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
-    """On device: IoU of bool masks [B, N, H, W] per instance (0/0 scores 1, as smp), averaged
-    over the valid instances [B, N]; 0 when none is valid. For logging pseudo-label quality."""
+def instance_iou(predicted: jax.Array, target: jax.Array) -> jax.Array:
+    """On device: IoU of bool masks [..., H, W] per instance [...] (0/0 scores 1, as smp)."""
     intersection = jnp.sum(predicted & target, axis=(-2, -1), dtype=jnp.float32)
     union = jnp.sum(predicted | target, axis=(-2, -1), dtype=jnp.float32)
-    iou = jnp.where(union > 0, intersection / jnp.maximum(union, 1.0), 1.0)
+    return jnp.where(union > 0, intersection / jnp.maximum(union, 1.0), 1.0)
+
+
+def masked_mean_iou(predicted: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
+    """On device: instance_iou of bool masks [B, N, H, W] averaged over the valid instances
+    [B, N]; 0 when none is valid. For logging pseudo-label quality."""
+    iou = instance_iou(predicted, target)
     return jnp.sum(jnp.where(valid, iou, 0.0)) / jnp.maximum(jnp.sum(valid, dtype=jnp.float32), 1.0)
 
 

@@ -31,11 +31,14 @@ def uneven_batch(images: int) -> dict[str, np.ndarray]:
     return batch
 
 
-def one_update(mode: str, grad_accum_steps: int, batch, **method):
+def one_update(mode: str, grad_accum_steps: int, batch, instance_chunk_size=None, **method):
+    """One step of a fresh tiny SAM: (state, metrics); instance_chunk_size None: the default."""
     model = make_model()
     graphdef, lora, frozen = split_model(model)
     config = make_config(mode=mode, **method)
     config.train.grad_accum_steps = grad_accum_steps
+    if instance_chunk_size is not None:
+        config.train.instance_chunk_size = instance_chunk_size
     state = create_train_state(lora, model.config.prompt_embed_dim, config)
     return train_step_of(graphdef, config)(state, frozen, batch)
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_batch_scaling import crowded_batch
-from test_grad_accumulation import assert_close_trees
+from test_grad_accumulation import assert_close_trees, one_update
 from test_train_step import make_batch, make_config, make_model, train_step_of
 
 from resam_jax.train_state import create_train_state, split_model
@@ -45,25 +45,15 @@ def test_chunks_return_every_instance_in_its_slot(chunk):
         np.testing.assert_allclose(actual[name], expected[name], rtol=1e-6)
 
 
-def one_step(mode: str, chunk: int, batch, **method):
-    model = make_model()
-    graphdef, lora, frozen = split_model(model)
-    config = make_config(mode=mode, **method)
-    config.train.instance_chunk_size = chunk
-    state = create_train_state(lora, model.config.prompt_embed_dim, config)
-    state, metrics = train_step_of(graphdef, config)(state, frozen, batch)
-    return state, metrics
-
-
 @pytest.mark.parametrize("mode", ["resam", "supervised"])
 def test_step_is_the_same_whatever_the_chunk(mode):
     # 3 slots (2 instances + padding) per image: chunks of 2 pad a fourth slot; chunks of 1
     # run every slot alone. ssa_queue_size 4 fills during the step, so SSA carries a loss.
     batch = make_batch(seed=3)
-    whole, whole_metrics = one_step(mode, 0, batch)
+    whole, whole_metrics = one_update(mode, 1, batch, instance_chunk_size=0)
     assert not bool(whole_metrics["skipped"]) and int(whole_metrics["valid_instances"]) > 0
     for chunk in (2, 1):
-        state, metrics = one_step(mode, chunk, batch)
+        state, metrics = one_update(mode, 1, batch, instance_chunk_size=chunk)
         for name in METRICS:
             if name in whole_metrics:
                 np.testing.assert_allclose(
