@@ -219,6 +219,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--no-peak", action="store_true", help="skip the peak-FLOP/s estimates")
     args = parser.parse_args()
+    if args.batch < 1 or args.instances < 1:
+        parser.error(f"--batch={args.batch} and --instances={args.instances} must be at least 1")
+    if args.instance_chunk is not None and args.instance_chunk < 0:
+        parser.error(f"--instance-chunk={args.instance_chunk} must be 0 (all at once) or more")
 
     import jax
 

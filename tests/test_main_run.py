@@ -160,6 +160,13 @@ def test_cli_reports_a_bad_override_without_traceback(override, message):
     assert "Traceback" not in result.stderr and message in result.stderr, result.stderr
 
 
+def test_a_step_option_out_of_range_is_a_run_error(tmp_path, synthetic_data):
+    config = small_config(synthetic_data)
+    config.train.instance_chunk_size = -1
+    with pytest.raises(run.RunError, match=r"train\.instance_chunk_size=-1 must be 0 or positive"):
+        run.train_and_evaluate(config, tmp_path / "run")
+
+
 def test_missing_dataset_and_checkpoint_name_the_fix(tmp_path, synthetic_data):
     config = load_config("nwpu", f"--config.data.data_dir={tmp_path / 'tfds'}")
     with pytest.raises(

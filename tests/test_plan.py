@@ -102,3 +102,10 @@ def test_cli_prints_an_option_row():
     (row,) = [line for line in output.splitlines() if line.startswith("chunked 128 ")]
     remat, *gib = row.split()[2:8]  # args, out, temp, aliased, total GiB
     assert remat == "blocks" and float(gib[4]) > float(gib[2]) > 0
+
+
+def test_cli_rejects_an_empty_batch():
+    code, output = run_module("benchmarks.plan", "--model-type", "tiny", "--batch", "0")
+    assert code == 2
+    assert "--batch=0 and --instances=50 must be at least 1" in output
+    assert "Traceback" not in output

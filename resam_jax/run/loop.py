@@ -202,8 +202,12 @@ def _train(run: _Run, state, data_config, checkpoints, resume_step: int | None):
     first_step = int(state.step)
 
     rep, sharded = parallel.replicated(run.mesh), parallel.batch_sharded(run.mesh)
+    try:
+        step_function = make_train_step(run.graphdef, config, steps_per_epoch)
+    except ValueError as e:  # a method or train value the step cannot use, named in e
+        raise RunError(str(e)) from None
     train_step = jax.jit(
-        make_train_step(run.graphdef, config, steps_per_epoch),
+        step_function,
         in_shardings=(rep, rep, sharded),
         out_shardings=(rep, rep),
         donate_argnums=0,
