@@ -24,7 +24,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-from test_train_step import IMAGE_SIZE
+from test_train_step import IMAGE_SIZE, batch_of
 
 REPO = Path(__file__).resolve().parents[1]
 SLOTS = 50
@@ -58,23 +58,7 @@ def crowded_batch(given=GIVEN, slots=SLOTS, seed=0, size=IMAGE_SIZE) -> dict[str
             points[i, k] = [[xs[inside], ys[inside]], [xs_out[outside], ys_out[outside]]]
             labels[i, k] = [1, 0]
             valid[i, k] = True
-    strong = np.clip(weak.astype(np.int32) * 1.2 + 10, 0, 255).astype(np.uint8)
-    content = np.ones((b, size, size), bool)
-    content[:, :, size - 6 :] = False  # a padded strip, as after ResizeLongestSide
-    return {
-        "weak_image": weak,
-        "strong_image": strong,
-        "content_mask": content,
-        "masks": masks,
-        "boxes": boxes,
-        "points": points,
-        "point_labels": labels,
-        "instance_valid": valid,
-        "image_id": np.arange(b, dtype=np.int32),
-        "original_size": np.full((b, 2), size, np.int32),
-        "resized_size": np.full((b, 2), size, np.int32),
-        "pad_offset": np.zeros((b, 2), np.int32),
-    }
+    return batch_of(weak, masks, boxes, points, labels, valid)
 
 
 # Runs the step three ways and saves metrics and final states: "sharded" (2 devices, per-device

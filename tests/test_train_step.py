@@ -40,9 +40,17 @@ def make_batch(seed: int, batch_size: int = 2) -> dict[str, np.ndarray]:
             outside = rng.integers(len(xs_out))
             points[b, k] = [[xs[inside], ys[inside]], [xs_out[outside], ys_out[outside]]]
             labels[b, k] = [1, 0]
+    valid = np.array([[True, True, False]] * batch_size)
+    return batch_of(weak, masks, boxes, points, labels, valid)
+
+
+def batch_of(weak, masks, boxes, points, labels, valid) -> dict[str, np.ndarray]:
+    """The batch contract around test images [B, S, S, 3] and their instances: the strong view
+    a brightened copy, a padded strip at the right (as after ResizeLongestSide), ids 0..B-1."""
+    b, s = weak.shape[:2]
     strong = np.clip(weak.astype(np.int32) * 1.2 + 10, 0, 255).astype(np.uint8)
-    content = np.ones((batch_size, s, s), bool)
-    content[:, :, s - 6 :] = False  # a padded strip, as after ResizeLongestSide
+    content = np.ones((b, s, s), bool)
+    content[:, :, s - 6 :] = False
     return {
         "weak_image": weak,
         "strong_image": strong,
@@ -51,11 +59,11 @@ def make_batch(seed: int, batch_size: int = 2) -> dict[str, np.ndarray]:
         "boxes": boxes,
         "points": points,
         "point_labels": labels,
-        "instance_valid": np.array([[True, True, False]] * batch_size),
-        "image_id": np.arange(batch_size, dtype=np.int32),
-        "original_size": np.full((batch_size, 2), s, np.int32),
-        "resized_size": np.full((batch_size, 2), s, np.int32),
-        "pad_offset": np.zeros((batch_size, 2), np.int32),
+        "instance_valid": valid,
+        "image_id": np.arange(b, dtype=np.int32),
+        "original_size": np.full((b, 2), s, np.int32),
+        "resized_size": np.full((b, 2), s, np.int32),
+        "pad_offset": np.zeros((b, 2), np.int32),
     }
 
 
