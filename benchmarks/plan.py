@@ -143,7 +143,7 @@ LOOPED_ATTENTION = "chunked"
 MFU_ESTIMATES = (1.0, 0.4)
 
 
-def print_plan(args: argparse.Namespace, result: dict, peak: tuple[float, str] | None) -> None:
+def print_plan(result: dict, peak: tuple[float, str] | None) -> None:
     """One row per option: bytes per device (GiB) and XLA's FLOPs, under the model FLOPs."""
     flops = result["model_flops"]
     print(f"model FLOPs per step: {flops / 1e12:.4g} TFLOP (attention reference, remat none, "
@@ -243,7 +243,7 @@ def main() -> None:
         args.model_type, image_size, args.batch, args.instances, tuple(args.attention),
         tuple(args.remat), args.dtype, lora_start_layer, args.chunk_size, args.instance_chunk,
     )  # fmt: skip
-    print_plan(args, result, None if args.no_peak else peak_flops(args.dtype))
+    print_plan(result, None if args.no_peak else peak_flops(args.dtype))
 
 
 if __name__ == "__main__":
