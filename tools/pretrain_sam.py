@@ -115,6 +115,7 @@ def data_config(args, batch_size: int, num_points: int) -> pipeline.DataConfig:
         dataset_config=args.dataset_config,
         data_dir=str(Path(args.data_dir).expanduser()),
         image_size=args.image_size,
+        tile_size=args.tile_size,
         max_instances=args.max_instances,
         num_points=num_points,
         # Photometric augmentation would teach the source model the corruptions a study
@@ -161,6 +162,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--source-half", choices=tuple(SOURCE_HALVES), default="first")
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="small")
     parser.add_argument("--image-size", type=int, default=None, help="default: the model type's")
+    parser.add_argument("--tile-size", type=int, default=0,
+                        help="native-resolution tiles of this side (data.tile_size); 0 = whole images")  # fmt: skip
     parser.add_argument("--max-instances", type=int, default=8,
                         help="instance slots per sample (padding slots cost decoder time)")  # fmt: skip
     parser.add_argument("--steps", type=int, default=20000)
@@ -197,9 +200,12 @@ def run(args: argparse.Namespace) -> dict:
     args.image_size = config.image_size
     train_data = data_config(args, args.batch_size, MAX_POINTS)
     rows = pipeline.host_samples(train_data, args.split, train=True, shard_index=0, shard_count=1)
-    num_images = len(np.unique(rows[:, 0]))
-    logging.info("%s/%s %s half: %d images; SAM %s at %d px", args.dataset, args.split,
-                 args.source_half, num_images, args.model_type, config.image_size)  # fmt: skip
+    tiles = pipeline.split_tile_table(train_data, args.split)
+    records = rows[:, 0] if tiles is None else np.array([tiles[u].record for u in rows[:, 0]])
+    num_images = len(np.unique(records))
+    logging.info("%s/%s %s half: %d images, %d samples; SAM %s at %d px", args.dataset,
+                 args.split, args.source_half, num_images, len(rows), args.model_type,
+                 config.image_size)  # fmt: skip
 
     graphdef, params, rest = initial_model(config, args.seed)
     params = jax.tree.map(jnp.copy, params)  # the step donates its state
@@ -293,7 +299,8 @@ def package(args, model, config, step, num_images, scores, train_seconds, final_
         "python", "-m", "tools.pretrain_sam", "--dataset", args.dataset, "--dataset-config",
         args.dataset_config, "--data-dir", "DATA_DIR", "--split", args.split, "--source-half",
         args.source_half, "--model-type", args.model_type,
-        "--image-size", str(args.image_size), "--max-instances", str(args.max_instances),
+        "--image-size", str(args.image_size), "--tile-size", str(args.tile_size),
+        "--max-instances", str(args.max_instances),
         "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
         "--seed", str(args.seed), "--resume-dir", "CKPT_DIR", "--output", "OUTPUT",
     ]  # fmt: skip
@@ -309,7 +316,8 @@ def package(args, model, config, step, num_images, scores, train_seconds, final_
             "trained_steps": step,
             "batch_size": args.batch_size,
             "train_data": f"{args.dataset}/{args.dataset_config} {args.split}, {args.source_half} "
-            f"half: {num_images} images, flips only",
+            f"half: {num_images} images, flips only"
+            + (f", native-resolution tiles of {args.tile_size} px" if args.tile_size else ""),
             "pixel_norm": PIXEL_NORM,
             "final_loss": None if np.isnan(final_loss) else round(final_loss, 4),
             "train_seconds": round(train_seconds),

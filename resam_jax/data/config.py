@@ -98,6 +98,11 @@ class DataConfig(ViewConfig):
     # Which training images to use: all, or one half of them (a seeded split of the image ids,
     # train_image_halves): the study pretrains SAM on one half and adapts it on the other.
     train_images: str = "all"  # "all" | "first_half" | "second_half"
+    # Native-resolution tiles (resam_jax.data.tiles): 0 = each sample is a whole image resized
+    # to image_size (the published protocol); T > 0 = overlapping T x T windows of the image
+    # at its own resolution, every instance in exactly one, for training and evaluation alike.
+    tile_size: int = 0
+    tile_stride: int = 0  # pixels between window starts; 0 = 2 * tile_size // 3
 
     def __post_init__(self):
         super().__post_init__()
@@ -110,6 +115,13 @@ class DataConfig(ViewConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.worker_count < 0:
             raise ValueError(f"worker_count must be >= 0, got {self.worker_count}")
+        if self.tile_size < 0:
+            raise ValueError(f"tile_size must be >= 0 (0 = whole images), got {self.tile_size}")
+        if not 0 <= self.tile_stride <= self.tile_size:
+            raise ValueError(
+                f"tile_stride must be in 0..tile_size={self.tile_size} (0 = two thirds of a tile), "
+                f"got {self.tile_stride}"
+            )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> DataConfig:

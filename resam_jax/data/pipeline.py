@@ -16,10 +16,17 @@ Evaluation runs one pass; its last batch is filled with empty samples (image_id 
 valid instance) so shapes stay static and every host runs the same number of steps. The
 chunks of one image share its image_id: per-image metrics sum over them.
 Pixel normalisation is left to the device (see resam_jax.model.normalize_pixels).
+
+With `tile_size` > 0 the unit of sampling is a native-resolution tile (resam_jax.data.tiles)
+instead of an image: rows index the split's tiles, chunked the same way; hosts still own whole
+images, and the tiles of an image share its image_id.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,8 +34,11 @@ from typing import Any
 
 import grain
 import numpy as np
-from absl import flags
+from absl import flags, logging
+from PIL import Image
+from pycocotools import mask as mask_utils
 
+from resam_jax.data import corruptions, tiles
 from resam_jax.data.builders import load_prepared
 from resam_jax.data.coco import DataError
 from resam_jax.data.config import TRAIN_IMAGES, DataConfig  # noqa: F401 (re-exported)
@@ -84,13 +94,22 @@ def host_samples(
     (empty samples) and rounds up to whole batches.
     """
     meta = _split_metadata(config, split)
-    rows = chunk_index(meta["num_instances"], config.max_instances)
+    split_tiles = split_tile_table(config, split)
+    if split_tiles is None:
+        num_instances = meta["num_instances"]
+        unit_records = np.arange(len(num_instances), dtype=np.int64)
+    else:
+        num_instances = [len(tile.instances) for tile in split_tiles]
+        unit_records = np.array([tile.record for tile in split_tiles], np.int64)
+    rows = chunk_index(num_instances, config.max_instances)
+    records = unit_records[rows[:, 0]]
     if train and config.train_images != "all":
         first, second = train_image_halves(meta["image_ids"])
         wanted = first if config.train_images == "first_half" else second
         image_ids = np.asarray(meta["image_ids"], np.int64)
-        rows = rows[np.isin(image_ids[rows[:, 0]], wanted)]
-    owner = rows[:, 0] % shard_count
+        keep = np.isin(image_ids[records], wanted)
+        rows, records = rows[keep], records[keep]
+    owner = records % shard_count
     per_host = int(np.bincount(owner, minlength=shard_count).max())
     mine = rows[owner == shard_index]
     if train:
@@ -132,6 +151,74 @@ def _split_metadata(config: DataConfig, split: str) -> dict[str, Any]:
     return splits[split]
 
 
+def split_tile_table(config: DataConfig, split: str) -> tuple[tiles.Tile, ...] | None:
+    """The split's tiles in record order (None without data.tile_size): computed once per
+    process from each record's image size and instance boxes."""
+    if config.tile_size == 0:
+        return None
+    return _tile_table(
+        str(Path(config.data_dir).expanduser()), config.dataset, config.dataset_config, split,
+        config.tile_size, config.tile_stride or tiles.default_stride(config.tile_size),
+    )  # fmt: skip
+
+
+def tile_summary(config: DataConfig, split: str) -> tiles.TileSummary | None:
+    """How the split's instances were placed in tiles (None without data.tile_size)."""
+    if config.tile_size == 0:
+        return None
+    return _tile_summary(
+        str(Path(config.data_dir).expanduser()), config.dataset, config.dataset_config, split,
+        config.tile_size, config.tile_stride or tiles.default_stride(config.tile_size),
+    )[0]  # fmt: skip
+
+
+@functools.lru_cache(maxsize=16)
+def _tile_summary(data_dir, dataset, dataset_config, split, tile_size, stride):
+    summary = tiles.TileSummary()
+    table = []
+    for record, (height, width, boxes) in enumerate(
+        _record_geometry(data_dir, dataset, dataset_config, split)
+    ):
+        record_tiles, counts = tiles.tile_image(record, height, width, boxes, tile_size, stride)
+        table.extend(record_tiles)
+        summary += counts
+    logging.info(
+        "%s/%s %s: %d images, %d instances in tiles of %d px (stride %d): %d grid tiles, "
+        "%d extra tiles at native resolution, %d oversized instances shrunk in windows of their own",
+        dataset, dataset_config, split, summary.images, summary.instances, tile_size, stride,
+        summary.grid_tiles, summary.extra_tiles, summary.oversized,
+    )  # fmt: skip
+    return summary, tuple(table)
+
+
+def _tile_table(data_dir, dataset, dataset_config, split, tile_size, stride):
+    return _tile_summary(data_dir, dataset, dataset_config, split, tile_size, stride)[1]
+
+
+@functools.lru_cache(maxsize=8)
+def _record_geometry(data_dir, dataset, dataset_config, split):
+    """Per record: (height, width, instance boxes [n, 4] xyxy), read without decoding pixels."""
+    import tensorflow_datasets as tfds  # heavy; only tiled pipelines need it here
+
+    builder = load_prepared(Path(data_dir), dataset, dataset_config)
+    source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    geometry = []
+    for record in range(len(source)):
+        example = source[record]
+        width, height = Image.open(io.BytesIO(example["image"])).size
+        boxes = np.asarray(example["instances"]["bbox"], np.float32).reshape(-1, 4)
+        geometry.append((height, width, boxes))
+    return tuple(geometry)
+
+
+def crop_rle(rle: bytes, source: tuple[int, int], window: Sequence[int]) -> bytes:
+    """A compressed COCO RLE of a `source`-sized mask, cut to `window` (top, left, h, w)."""
+    top, left, height, width = window
+    full = mask_utils.decode({"size": list(source), "counts": rle})
+    crop = np.asfortranarray(full[top : top + height, left : left + width])
+    return mask_utils.encode(crop)["counts"]
+
+
 class _SampleLoader:
     """(index, (record, first)) -> sample dict. Picklable, so grain can ship it to workers."""
 
@@ -144,6 +231,7 @@ class _SampleLoader:
         self._train = train
         self._epoch_length = epoch_length
         self._image_ids = _split_metadata(config, split)["image_ids"]
+        self._tiles = split_tile_table(config, split)
         self._source = None  # opened lazily, once per process
 
     def __getstate__(self):
@@ -160,10 +248,11 @@ class _SampleLoader:
         return self._source
 
     def __call__(self, index: int, row: np.ndarray) -> dict[str, Any]:
-        record, first = int(row[0]), int(row[1])
+        unit, first = int(row[0]), int(row[1])
         view = self._config  # a DataConfig is the ViewConfig of its samples
-        if record < 0:
+        if unit < 0:
             return empty_sample(view)
+        record = unit if self._tiles is None else self._tiles[unit].record
         example = self._open()[record]
         if int(example["image_id"]) != self._image_ids[record]:
             raise DataError(
@@ -173,13 +262,33 @@ class _SampleLoader:
         instances = example["instances"]
         chunk = slice(first, first + view.max_instances)
         epoch = index // self._epoch_length if self._train else 0
+        image_id = int(example["image_id"])
+        image = example["image"]
+        rles = instances["mask_rle"]
+        boxes = np.asarray(instances["bbox"], np.float32).reshape(-1, 4)
+        seed = [self._seed, epoch, record, first]
+        if self._tiles is not None:
+            tile = self._tiles[unit]
+            if view.corruption:  # the scene is corrupted, then cut: tiles see one corruption
+                image = corruptions.corrupt(
+                    image, view.corruption, view.corruption_severity, image_id
+                )
+                view = dataclasses.replace(view, corruption="")
+            top, left, height, width = tile.window
+            chosen = list(tile.instances[chunk])
+            source = image.shape[:2]
+            image = image[top : top + height, left : left + width]
+            rles = [crop_rle(rles[i], source, tile.window) for i in chosen]
+            boxes = boxes[chosen] - np.float32([left, top, left, top])
+            chunk = slice(None)
+            seed.append(unit)
         return make_sample(
-            example["image"],
-            instances["mask_rle"][chunk],
-            np.asarray(instances["bbox"][chunk], np.float32).reshape(-1, 4),
-            int(example["image_id"]),
+            image,
+            rles[chunk],
+            boxes[chunk],
+            image_id,
             config=view,
-            rng=np.random.default_rng([self._seed, epoch, record, first]),
+            rng=np.random.default_rng(seed),
             augment=self._train,
         )
 
