@@ -281,7 +281,9 @@ class _SampleLoader:
             rles = [crop_rle(rles[i], source, tile.window) for i in chosen]
             boxes = boxes[chosen] - np.float32([left, top, left, top])
             chunk = slice(None)
-            seed.append(unit)
+            # Seeded by the record's index of the chunk's first instance: a tile holding the
+            # whole image draws what the untiled pipeline draws, other tiles their own streams.
+            seed[3] = tile.instances[first]
         return make_sample(
             image,
             rles[chunk],
