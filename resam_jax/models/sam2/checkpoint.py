@@ -1,0 +1,130 @@
+"""Converted SAM 2 checkpoints: an orbax tree of the image model's parameters, the video-only
+tensors kept aside (so an export loads strictly in `sam2`), and a small JSON header.
+
+    DIR/sam_checkpoint.json   {"format": "resam-jax/sam2/1", "model_type", "config", "source"}
+    DIR/params/               orbax StandardCheckpointer tree (nested dict of float32 arrays)
+    DIR/video_only.npz        Meta's video-only tensors by torch key, untouched (may be absent)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx, traverse_util
+
+from resam_jax.models.sam2.config import Sam2Config, sam2_config
+from resam_jax.models.sam2.model import Sam2
+from resam_jax.models.sam2.params import check_params
+
+HEADER = "sam_checkpoint.json"
+FORMAT = "resam-jax/sam2/1"
+VIDEO_ONLY = "video_only.npz"
+
+
+class CheckpointError(ValueError):
+    """A directory that cannot be read as a converted SAM 2 checkpoint."""
+
+
+def read_header(directory: str | Path) -> dict:
+    header_path = Path(directory) / HEADER
+    if not header_path.is_file():
+        raise CheckpointError(
+            f"{directory} is not a converted SAM 2 checkpoint: {header_path} is missing. Convert "
+            "Meta's file once: python -m weights_convert.convert_sam2 --checkpoint "
+            f"sam2.1_hiera_base_plus.pt --output {directory}"
+        )
+    try:
+        header = json.loads(header_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{header_path} is not valid JSON: {e}") from None
+    found = header.get("format") if isinstance(header, dict) else header
+    if found != FORMAT:
+        raise CheckpointError(f"{header_path}: field 'format' should be {FORMAT!r}, got {found!r}")
+    return header
+
+
+def save_sam2_params(
+    directory: str | Path,
+    params: Mapping[tuple, np.ndarray],
+    config: Sam2Config,
+    source: Mapping[str, object],
+    video_only: Mapping[str, np.ndarray] | None = None,
+) -> None:
+    """Write converted parameters (Flax path -> array) and the video-only tensors."""
+    check_params(params, config, str(source.get("path", "parameters")))
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    tree = traverse_util.unflatten_dict({tuple(map(str, p)): v for p, v in params.items()})
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(directory / "params", tree, force=True)
+    checkpointer.wait_until_finished()
+    if video_only:
+        np.savez(directory / VIDEO_ONLY, **video_only)
+    header = {
+        "format": FORMAT,
+        "model_type": config.model_type,
+        "config": dataclasses.asdict(config),
+        "source": dict(source),
+    }
+    (directory / HEADER).write_text(json.dumps(header, indent=2) + "\n")
+
+
+def load_sam2_params(directory: str | Path) -> tuple[Sam2Config, dict[tuple, np.ndarray]]:
+    """A checkpoint directory's config and parameters (Flax path -> array)."""
+    directory = Path(directory).resolve()
+    header = read_header(directory)
+    fields = {f.name for f in dataclasses.fields(Sam2Config)}
+    stored = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in header.get("config", {}).items()
+        if k in fields
+    }
+    try:
+        config = sam2_config(stored.pop("model_type", header.get("model_type")), **stored)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{directory / HEADER}: bad field 'config': {e}") from None
+    try:
+        tree = ocp.StandardCheckpointer().restore(directory / "params")
+    except Exception as e:  # orbax raises many types for a damaged tree
+        raise CheckpointError(f"cannot read parameters under {directory / 'params'}: {e}") from None
+    params = {
+        tuple(int(k) if k.isdigit() else k for k in path): np.asarray(value)
+        for path, value in traverse_util.flatten_dict(tree).items()
+    }
+    check_params(params, config, str(directory))
+    return config, params
+
+
+def load_video_only(directory: str | Path) -> dict[str, np.ndarray]:
+    """The video-only tensors the conversion kept (empty if the source had none)."""
+    path = Path(directory) / VIDEO_ONLY
+    if not path.is_file():
+        return {}
+    with np.load(path) as stored:
+        return {k: stored[k] for k in stored.files}
+
+
+def sam2_from_params(config: Sam2Config, params: Mapping[tuple, np.ndarray]) -> Sam2:
+    """A Sam2 built abstractly and filled with `params` (every variable), never drawn at random."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Sam2(config, rngs=nnx.Rngs(0))))
+    flat = [
+        (path, v.replace(jax.numpy.asarray(params[path], v.get_value().dtype)))
+        for path, v in nnx.to_flat_state(state)
+    ]
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def load_sam2(directory: str | Path, **overrides) -> Sam2:
+    """A Sam2 with the weights of a converted checkpoint; `overrides` may change the fields that
+    do not alter the weights: dtype and the memory options."""
+    allowed = {"dtype", "attention", "attention_chunk_size", "remat"}
+    if unknown := set(overrides) - allowed:
+        raise ValueError(f"load_sam2 cannot override {sorted(unknown)}; only {sorted(allowed)}")
+    config, params = load_sam2_params(directory)
+    return sam2_from_params(dataclasses.replace(config, **overrides), params)

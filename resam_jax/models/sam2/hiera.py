@@ -1,0 +1,166 @@
+"""The Hiera trunk of SAM 2 (sam2/modeling/backbones/hieradet.py): a 4-stage hierarchy of
+windowed and global attention blocks, q-pooling between stages."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from resam_jax.models.sam2.config import BlockSpec, Sam2Config
+from resam_jax.models.sam2.layers import (
+    MLP,
+    attention,
+    bicubic_matrix,
+    gelu,
+    layer_norm,
+    max_pool2x2,
+)
+
+LN_EPS = 1e-6
+
+
+def window_partition(x: jax.Array, window: int) -> tuple[jax.Array, tuple[int, int]]:
+    """[B, H, W, C] -> [B * nW, window, window, C], zero-padding H and W up to multiples."""
+    b, h, w, c = x.shape
+    pad_h, pad_w = -h % window, -w % window
+    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.reshape(b, hp // window, window, wp // window, window, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c), (hp, wp)
+
+
+def window_unpartition(
+    windows: jax.Array, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]
+) -> jax.Array:
+    """Inverse of `window_partition`, dropping the padding."""
+    (hp, wp), (h, w) = padded_hw, hw
+    x = windows.reshape(-1, hp // window, wp // window, window, window, windows.shape[-1])
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, hp, wp, windows.shape[-1])[:, :h, :w]
+
+
+class MultiScaleAttention(nnx.Module):
+    """Self-attention of a window (or the whole grid) from dim to dim_out channels; with
+    `q_pool`, the queries are max-pooled 2x2 so the output grid is half the input's."""
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        num_heads: int,
+        q_pool: bool,
+        *,
+        chunk_size: int | None,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
+        self.num_heads = num_heads
+        self.q_pool = q_pool
+        self.chunk_size = chunk_size
+        self.qkv = nnx.Linear(dim, 3 * dim_out, dtype=dtype, rngs=rngs)
+        self.proj = nnx.Linear(dim_out, dim_out, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, _ = x.shape
+        qkv = self.qkv(x).reshape(b, h, w, 3, self.num_heads, -1)
+        q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]  # [b, h, w, heads, d]
+        if self.q_pool:
+            q = max_pool2x2(q.reshape(b, h, w, -1))
+            h, w = q.shape[1:3]
+        heads = lambda t: t.reshape(b, -1, self.num_heads, k.shape[-1])  # noqa: E731
+        out = attention(heads(q), heads(k), heads(v), self.chunk_size)
+        return self.proj(out.reshape(b, h, w, -1))
+
+
+class MultiScaleBlock(nnx.Module):
+    """Pre-norm block. A widening block takes its residual from max_pool(proj(norm1(x)))."""
+
+    def __init__(self, spec: BlockSpec, mlp_ratio: float, config: Sam2Config, *, rngs: nnx.Rngs):
+        dtype = config.compute_dtype
+        self.window_size = spec.window_size
+        self.q_pool = spec.q_pool
+        self.norm1 = layer_norm(spec.dim, LN_EPS, dtype, rngs)
+        chunked = config.attention == "chunked" and spec.window_size == 0
+        self.attn = MultiScaleAttention(
+            spec.dim,
+            spec.dim_out,
+            spec.num_heads,
+            spec.q_pool,
+            chunk_size=config.attention_chunk_size if chunked else None,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.norm2 = layer_norm(spec.dim_out, LN_EPS, dtype, rngs)
+        hidden = int(spec.dim_out * mlp_ratio)
+        self.mlp = MLP(
+            spec.dim_out, hidden, spec.dim_out, 2, activation=gelu, dtype=dtype, rngs=rngs
+        )
+        widens = spec.dim != spec.dim_out
+        self.proj = nnx.Linear(spec.dim, spec.dim_out, dtype=dtype, rngs=rngs) if widens else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shortcut = x
+        x = self.norm1(x)
+        if self.proj is not None:
+            shortcut = self.proj(x)
+            if self.q_pool:
+                shortcut = max_pool2x2(shortcut)
+        window = self.window_size
+        if window:
+            x, padded_hw = window_partition(x, window)
+        x = self.attn(x)
+        if window:
+            if self.q_pool:  # the windows were pooled too: unpartition at half the window
+                window //= 2
+                h, w = shortcut.shape[1:3]
+                padded_hw = (h + -h % window, w + -w % window)
+            x = window_unpartition(x, window, padded_hw, shortcut.shape[1:3])
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class Hiera(nnx.Module):
+    """Images [B, S, S, 3] (normalised) -> the four stage outputs, NHWC:
+    [C @ S/4, 2C @ S/8, 4C @ S/16, 8C @ S/32]."""
+
+    def __init__(self, config: Sam2Config, *, rngs: nnx.Rngs):
+        dtype, dim = config.compute_dtype, config.embed_dim
+        self.patch_embed = nnx.Conv(
+            3, dim, (7, 7), strides=4, padding=((3, 3), (3, 3)), dtype=dtype, rngs=rngs
+        )
+        # Meta's layout, [1, C, h, w]: the background is resized by bicubic matrices, the
+        # window embedding tiled.
+        self.pos_embed = nnx.Param(jnp.zeros((1, dim, *config.pos_embed_bkg_size)))
+        window = config.window_spec[0]
+        self.pos_embed_window = nnx.Param(jnp.zeros((1, dim, window, window)))
+        self.blocks = nnx.List(
+            [MultiScaleBlock(spec, config.mlp_ratio, config, rngs=rngs) for spec in config.blocks()]
+        )
+        self.stage_ends = config.stage_ends
+        self.remat = config.remat
+        self.dtype = dtype
+
+    def position_embedding(self, h: int, w: int) -> jax.Array:
+        """[h, w, C]: bicubic(pos_embed) (torch-exact, as matrices) + tiled pos_embed_window."""
+        background = self.pos_embed[...][0]  # [C, bh, bw]
+        rows = jnp.asarray(bicubic_matrix(background.shape[1], h))
+        cols = jnp.asarray(bicubic_matrix(background.shape[2], w))
+        pos = jnp.einsum("yi,cij,xj->yxc", rows, background, cols)
+        window = jnp.transpose(self.pos_embed_window[...][0], (1, 2, 0))
+        return pos + jnp.tile(window, (h // window.shape[0], w // window.shape[1], 1))
+
+    def __call__(self, images: jax.Array) -> list[jax.Array]:
+        x = self.patch_embed(images)
+        x = x + self.position_embedding(*x.shape[1:3]).astype(x.dtype)
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            x = remat_call(block, x) if self.remat == "blocks" else block(x)
+            if i in self.stage_ends:
+                outputs.append(x)
+        return outputs
+
+
+def remat_call(block: MultiScaleBlock, x: jax.Array) -> jax.Array:
+    """block(x) keeping only x for the backward pass (a block's call writes no state)."""
+    graphdef, state = nnx.split(block)
+    return jax.checkpoint(lambda state, x: nnx.merge(graphdef, state)(x))(state, x)

@@ -1,0 +1,131 @@
+"""Building blocks of the SAM 2 image model: norms, MLPs, attention, and torch-exact resampling."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def gelu(x):
+    # torch.nn.GELU is the exact erf form; flax's default is the tanh approximation.
+    return jax.nn.gelu(x, approximate=False)
+
+
+def layer_norm(num_features: int, eps: float, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm over the last (channel) axis with torch's two-pass variance; on NHWC arrays it
+    is also SAM 2's LayerNorm2d."""
+    return nnx.LayerNorm(num_features, epsilon=eps, dtype=dtype, use_fast_variance=False, rngs=rngs)
+
+
+class Buffer(nnx.Variable):
+    """A constant of the model that is stored in checkpoints but never trained."""
+
+
+class MLP(nnx.Module):
+    """sam2_utils.MLP: `num_layers` Linear layers, `activation` between them, optional sigmoid."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        num_layers: int,
+        *,
+        activation=jax.nn.relu,
+        sigmoid_output: bool = False,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nnx.List(
+            [nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])]
+        )
+        self.activation = activation
+        self.sigmoid_output = sigmoid_output
+
+    def __call__(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = self.activation(x)
+        return jax.nn.sigmoid(x) if self.sigmoid_output else x
+
+
+class ConvTranspose2x2(nnx.Module):
+    """torch ConvTranspose2d(kernel_size=2, stride=2): each input cell paints a 2x2 block.
+
+    Stride equal to the kernel means no overlap: one einsum and a reshape. The kernel is
+    [2, 2, in, out] (row, column, in, out), pinned by the decoder's parity test.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
+        init = jax.nn.initializers.lecun_normal()
+        self.kernel = nnx.Param(init(rngs.params(), (2, 2, in_features, out_features)))
+        self.bias = nnx.Param(jnp.zeros((out_features,)))
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, h, w, _ = x.shape
+        kernel = self.kernel[...].astype(self.dtype)
+        y = jnp.einsum("nhwc,ijco->nhiwjo", x.astype(self.dtype), kernel)
+        return y.reshape(n, 2 * h, 2 * w, -1) + self.bias[...].astype(self.dtype)
+
+
+def conv1x1(in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs) -> nnx.Conv:
+    return nnx.Conv(in_features, out_features, (1, 1), dtype=dtype, rngs=rngs)
+
+
+def max_pool2x2(x: jax.Array) -> jax.Array:
+    """torch MaxPool2d(2, 2) on [B, H, W, C]: an odd last row or column is dropped."""
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def upsample_nearest2x(x: jax.Array) -> jax.Array:
+    """F.interpolate(scale_factor=2, mode="nearest") on [B, H, W, C]."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def _cubic(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """torch's cubic convolution kernel (A = -0.75) at distances |t| < 2."""
+    t = np.abs(t)
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+
+def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """[out_size, in_size] weights of torch F.interpolate(mode="bicubic", align_corners=False)
+    along one axis: source positions (dst + 0.5) * in / out - 0.5 (not clamped), taps
+    floor - 1 .. floor + 2 clamped to the border, no antialiasing. jax.image.resize("bicubic")
+    uses the Keys kernel (a = -0.5) and renormalises at the edges: not the same function."""
+    dst = np.arange(out_size, dtype=np.float64)
+    src = (dst + 0.5) * (in_size / out_size) - 0.5
+    base = np.floor(src)
+    frac = src - base
+    weights = np.zeros((out_size, in_size))
+    for offset in (-1, 0, 1, 2):
+        index = np.clip(base + offset, 0, in_size - 1).astype(np.int64)
+        np.add.at(weights, (np.arange(out_size), index), _cubic(frac - offset))
+    return weights.astype(np.float32)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, chunk_size: int | None = None):
+    """softmax(q k^T / sqrt(d)) v over [B, L, heads, d] (F.scaled_dot_product_attention); scores
+    and softmax in float32. With `chunk_size`, blocks of that many queries run in turn
+    (jax.lax.map), each rematerialised, so at most one block of scores exists at a time."""
+    b, lq, h, d = q.shape
+    if chunk_size is not None and lq > chunk_size:
+        rows = math.gcd(lq, chunk_size)
+        blocks = q.reshape(b, lq // rows, rows, h, d).transpose(1, 0, 2, 3, 4)
+        attend = jax.checkpoint(lambda block: attention(block, k, v), prevent_cse=False)
+        out = jax.lax.map(attend, blocks)
+        return out.transpose(1, 0, 2, 3, 4).reshape(b, lq, h, d)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(d**-0.5, q.dtype), k)
+    weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
