@@ -235,6 +235,55 @@ def test_prepare_cli_prints_one_json_object_and_is_a_noop_when_built(tmp_path, c
     assert code == 0 and second["built_now"] is False and second["splits"] == first["splits"]
 
 
+@pytest.mark.parametrize("change", ["edit_annotations", "other_folder", "remove_image"])
+def test_prepare_refuses_a_build_from_other_files_and_rebuilds_on_request(tmp_path, capsys, change):
+    manual = nwpu_release(tmp_path / "release")
+    data_dir = tmp_path / "tfds"
+    argv = ["--dataset", "nwpu_vhr10", "--manual-dir", manual, "--data-dir", data_dir]
+    assert _run_cli(capsys, *argv)[0] == 0
+    val = manual / "Annotations/NWPU_instances_val.json"
+    if change == "edit_annotations":
+        coco = json.loads(val.read_text())
+        coco["annotations"] = coco["annotations"][:1]
+        val.write_text(json.dumps(coco))
+        expected_val = 1
+    elif change == "other_folder":
+        manual = nwpu_release(tmp_path / "other")
+        argv[3] = manual
+        expected_val = 3
+    else:  # an image of the TRAIN split removed: the image listing changes
+        (manual / "Images" / "002.jpg").unlink()
+        expected_val = 3
+    code, out, err = _run_cli(capsys, *argv)
+    assert code == 2 and out == "" and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: nwpu_vhr10/default in ") and "was built from other files" in line
+    assert line.endswith(f"--data-dir {data_dir.resolve()} --rebuild")
+    # The refusal leaves the old build as it was; --rebuild replaces it.
+    assert json.loads(_run_cli(capsys, *argv[:2], "--data-dir", data_dir)[1])["built_now"] is False
+    code, out, _ = _run_cli(capsys, *argv, "--rebuild")
+    assert code == 0 and json.loads(out)["built_now"] is True
+    assert json.loads(out)["splits"]["val"]["instances"] == expected_val
+    code, out, _ = _run_cli(capsys, *argv)
+    assert code == 0 and json.loads(out)["built_now"] is False
+    assert not [p for p in data_dir.iterdir() if p.name.startswith(".rebuild_")]
+
+
+def test_a_failed_rebuild_keeps_the_old_build(tmp_path, capsys):
+    manual = nwpu_release(tmp_path / "release")
+    argv = ["--dataset", "nwpu_vhr10", "--manual-dir", manual, "--data-dir", tmp_path / "tfds"]
+    first = json.loads(_run_cli(capsys, *argv)[1])
+    val = manual / "Annotations/NWPU_instances_val.json"
+    good = val.read_text()
+    val.write_text(good[:-40])
+    code, _, err = _run_cli(capsys, *argv, "--rebuild")
+    assert code == 2 and "is not valid JSON" in err
+    val.write_text(good)
+    second = json.loads(_run_cli(capsys, *argv)[1])
+    assert second["built_now"] is False and second["splits"] == first["splits"]
+    assert not [p for p in (tmp_path / "tfds").iterdir() if p.name.startswith(".rebuild_")]
+
+
 @pytest.mark.parametrize(
     ("setup", "expected"),
     [

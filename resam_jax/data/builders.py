@@ -14,6 +14,7 @@ reading the records, and checks each record it reads against that index.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 from collections.abc import Mapping
 from pathlib import Path
@@ -86,7 +87,11 @@ class CocoLayoutBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
-        contents = read_layout(self.builder_config, Path(dl_manager.manual_dir), self.DISPLAY_NAME)
+        manual_dir = Path(dl_manager.manual_dir)
+        contents = read_layout(self.builder_config, manual_dir, self.DISPLAY_NAME)
+        self.info.metadata["source"] = source_fingerprint(
+            self.builder_config, manual_dir, self.DISPLAY_NAME
+        )
         self.info.metadata["splits"] = {
             split: {
                 "image_ids": [image.image_id for image in c.images],
@@ -167,6 +172,28 @@ def read_layout(
             )
             raise DataError(f"{c.annotation_file}: split '{split}' has no usable image ({detail})")
     return contents
+
+
+def source_fingerprint(
+    config: LayoutConfig, manual_dir: Path, display_name: str
+) -> dict[str, dict[str, str]]:
+    """What a build reads, per split: the annotation file (path and SHA-256) and the image
+    folder (path and a SHA-256 of its file names and byte sizes). Another annotation file, an
+    edited one, or images added, removed or replaced by a file of another size change it."""
+    root = dataset_root(config, manual_dir, display_name)
+    fingerprint = {}
+    for split, layout in config.splits.items():
+        annotation, image_dir = _locate_split(root, split, layout)
+        listing = hashlib.sha256()
+        for path in sorted(p for p in image_dir.rglob("*") if p.is_file()):
+            listing.update(f"{path.relative_to(image_dir)}\0{path.stat().st_size}\n".encode())
+        fingerprint[split] = {
+            "annotation_file": str(annotation.resolve()),
+            "annotation_sha256": hashlib.sha256(annotation.read_bytes()).hexdigest(),
+            "image_dir": str(image_dir.resolve()),
+            "image_listing_sha256": listing.hexdigest(),
+        }
+    return fingerprint
 
 
 def _locate_split(root: Path, split: str, layout: SplitLayout) -> tuple[Path, Path]:
