@@ -87,7 +87,7 @@ class CheckpointMismatchError(ValueError):
     """A state_dict that does not fit the SAM 2 model it is being loaded into."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _regex(pattern: str) -> re.Pattern:
     escaped = re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>.+)")
     return re.compile(escaped)
