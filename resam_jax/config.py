@@ -31,7 +31,7 @@ SMALL_NWPU_SAM_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "sam_sm
 
 
 def _step_config() -> ml_collections.ConfigDict:
-    """The fields the train and eval steps read (resam_jax.train_step, resam_jax.evaluate)."""
+    """The fields the train and eval steps read (resam_jax.method.train_step, resam_jax.method.eval_step)."""
     config = ml_collections.ConfigDict()
     config.method = ml_collections.ConfigDict(
         dict(
@@ -60,7 +60,7 @@ def _step_config() -> ml_collections.ConfigDict:
     # grad_accum_steps: micro-batches per update; the batch (data.batch_size, split over the
     # devices) is cut into that many, their LoRA gradients summed before one optimiser update.
     # instance_chunk_size: the student decodes and scores this many instance slots at a time,
-    # recomputing them in the backward pass (resam_jax/train_step.py in_instance_chunks), so
+    # recomputing them in the backward pass (resam_jax/method/instances.py in_instance_chunks), so
     # that 50 instances per image cost the decoder activations of one chunk; 0: all at once.
     config.train = ml_collections.ConfigDict(
         dict(num_epochs=10, grad_accum_steps=1, instance_chunk_size=8)
@@ -114,11 +114,10 @@ def base_config() -> ml_collections.ConfigDict:
         lora_rank=4,
         lora_start_layer=6,
         dtype="float32",  # computation dtype: float32 | bfloat16
-        # Speed and memory (resam_jax.model.architecture.SamConfig): attention "reference" |
+        # Speed and memory (resam_jax.models.sam.architecture.SamConfig): attention "reference" |
         # "chunked" | "dot_product"; remat of the LoRA blocks "none" | "blocks" | a checkpoint
-        # policy. Chunked by 128 with remat "blocks": the ViT-B train step on CPU peaks at 0.62x
-        # the PyTorch step's memory and runs 1.3x faster than "reference" without remat
-        # (README, Benchmarks).
+        # policy. Chunked by 128 with remat "blocks" is the fastest and smallest on CPU
+        # (docs/benchmarks.md has the figures).
         attention="chunked",
         attention_chunk_size=128,  # queries per chunk of "chunked" attention
         remat="blocks",

@@ -20,7 +20,7 @@ DATA_AXIS = "data"
 
 # XLA:CPU's default scheduler ("concurrency optimised") moves the recomputation of
 # rematerialised encoder blocks forward, next to the original computation, so their residuals
-# are alive again at the peak and remat saves nothing at 1024 x 1024 (README, Benchmarks).
+# are alive again at the peak and remat saves nothing at 1024 x 1024 (docs/benchmarks.md).
 # XLA's sequential scheduler keeps the recomputation in the backward pass. CPU only: GPU and
 # TPU programs do not read it.
 CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
@@ -29,7 +29,7 @@ CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
 def set_default_xla_flags() -> None:
     """Adds `CPU_SCHEDULER_FLAG=false` to XLA_FLAGS unless the flag is already set there (a
     user's value wins). XLA reads XLA_FLAGS once, when the first backend starts: call this before
-    anything asks JAX for a device (the run commands do, in `main.run_command`)."""
+    anything asks JAX for a device (the run commands do, in `run.cli.run_command`)."""
     flags = os.environ.get("XLA_FLAGS", "")
     if CPU_SCHEDULER_FLAG not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} {CPU_SCHEDULER_FLAG}=false".strip()

@@ -23,9 +23,9 @@ from segment_anything.modeling import (
     Sam as TorchSam,
 )
 
-from resam_jax.model import Sam, SamConfig
-from resam_jax.model.checkpoint import sam_from_params
-from resam_jax.model.params import torch_to_flax
+from resam_jax.models.sam import Sam, SamConfig
+from resam_jax.models.sam.checkpoint import sam_from_params
+from resam_jax.models.sam.params import torch_to_flax
 
 
 def build_reference(config: SamConfig, seed: int = 0) -> TorchSam:
@@ -140,11 +140,11 @@ def demo_sam(
     import jax.numpy as jnp
 
     from resam_jax.config import DEMO_SAM_CHECKPOINT
-    from resam_jax.model.checkpoint import load_sam_params
+    from resam_jax.models.sam.checkpoint import load_sam_params
 
     config, params = load_sam_params(DEMO_SAM_CHECKPOINT)
     if unit_pixels:
-        from resam_jax.model.sam import PIXEL_MEAN, PIXEL_STD
+        from resam_jax.models.sam.sam import PIXEL_MEAN, PIXEL_STD
 
         path = ("image_encoder", "patch_embed")
         kernel = params[(*path, "kernel")]  # [kh, kw, 3, C]
@@ -154,7 +154,10 @@ def demo_sam(
         )
         params[(*path, "kernel")] = kernel * (255.0 / std)[:, None]
     config = dataclasses.replace(config, lora_rank=4, lora_start_layer=0)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0))))
+    pixel_norm = "unit" if unit_pixels else "sam"
+    graphdef, state = nnx.split(
+        nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0), pixel_norm=pixel_norm))
+    )
     rng = np.random.default_rng(seed)
     flat = []
     for path, variable in nnx.to_flat_state(state):
@@ -171,7 +174,7 @@ def demo_sam(
 def torch_twin(model: Sam) -> TorchSam:
     """The reference SAM carrying the Flax model's frozen weights (the inverse of jax_twin),
     through the exporter's mapping (`flax_to_torch`); the round trip is checked."""
-    from resam_jax.model.params import flax_to_torch
+    from resam_jax.models.sam.params import flax_to_torch
 
     frozen = nnx.state(model, nnx.Not(nnx.LoRAParam))
     flat = {path: np.array(v.get_value()) for path, v in nnx.to_flat_state(frozen)}

@@ -72,9 +72,9 @@ WORKER = textwrap.dedent(
     from test_batch_scaling import QUEUE_SIZE, STATE_FIELDS, crowded_batch
     from test_train_step import make_config, make_model
     from resam_jax import parallel
-    from resam_jax.model import normalize_pixels
-    from resam_jax.train_state import create_train_state, split_model
-    from resam_jax.train_step import make_train_step, teacher_pseudo_labels
+    from resam_jax.method.train_state import create_train_state, split_model
+    from resam_jax.method.pseudo_labels import teacher_pseudo_labels
+    from resam_jax.method.train_step import make_train_step
 
     assert jax.device_count() == 2, jax.devices()
     out = sys.argv[1]
@@ -111,11 +111,9 @@ WORKER = textwrap.dedent(
     run("single", 1)
     run("accumulated", 4)
 
-    pixel_norm = make_config().model.pixel_norm
-    weak = normalize_pixels(batch["weak_image"], batch["content_mask"], pixel_norm)
     prompts = {"points": batch["points"], "point_labels": batch["point_labels"]}
-    pseudo = jax.jit(lambda w, p, v: teacher_pseudo_labels(model, w, p, v, 0.3))(
-        weak, prompts, batch["instance_valid"]
+    pseudo = jax.jit(lambda w, c, p, v: teacher_pseudo_labels(model, w, c, p, v, 0.3))(
+        batch["weak_image"], batch["content_mask"], prompts, batch["instance_valid"]
     )
     results["pseudo_valid"] = np.asarray(pseudo.valid)
     np.savez(out, **results)

@@ -9,8 +9,8 @@ import numpy as np
 from flax import nnx
 from test_train_step import IMAGE_SIZE, LOGIT_SCALE, make_batch, make_config, train_step_of
 
-from resam_jax.model import Sam, sam_config
-from resam_jax.train_state import create_train_state, split_model
+from resam_jax.method.train_state import create_train_state, split_model
+from resam_jax.models.sam import Sam, sam_config
 
 STEPS = 6
 
@@ -18,7 +18,7 @@ STEPS = 6
 def make_model(dtype: str) -> Sam:
     """test_train_step.make_model in the given computation dtype (same weights)."""
     config = sam_config("tiny", image_size=IMAGE_SIZE, lora_start_layer=0, dtype=dtype)
-    model = Sam(config, rngs=nnx.Rngs(0))
+    model = Sam(config, rngs=nnx.Rngs(0), pixel_norm="unit")  # make_config's pixel input
     head = model.mask_decoder.output_hypernetworks_mlps[0].layers[-1]
     head.kernel[...] = head.kernel[...] * LOGIT_SCALE
     head.bias[...] = head.bias[...] * LOGIT_SCALE

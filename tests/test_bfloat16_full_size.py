@@ -21,10 +21,10 @@ import pytest
 from PIL import Image
 from sam_reference import build_reference, numpy_state_dict
 
-from resam_jax.model import sam_config
-from resam_jax.model.checkpoint import sam_from_params
-from resam_jax.model.params import torch_to_flax
-from resam_jax.sam_predictor import SamPredictor
+from resam_jax.inference.predictor import SamPredictor
+from resam_jax.models.sam import sam_config
+from resam_jax.models.sam.checkpoint import sam_from_params
+from resam_jax.models.sam.params import torch_to_flax
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import torch
 from data_fixtures import run_module
 from sam_reference import build_reference, nchw, nhwc, numpy_state_dict
 
-from resam_jax.model import CheckpointError, load_sam, load_sam_params, sam_config
-from resam_jax.model.params import torch_to_flax
+from resam_jax.models.sam import CheckpointError, load_sam, load_sam_params, sam_config
+from resam_jax.models.sam.params import torch_to_flax
 from weights_convert.convert_sam import main as convert_main
 
 TINY = sam_config("tiny")

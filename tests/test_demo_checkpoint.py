@@ -12,11 +12,11 @@ from resam_jax.config import DEMO_SAM_CHECKPOINT, base_config
 from resam_jax.data import pipeline
 from resam_jax.data.prepare import prepare
 from resam_jax.data.synthetic import write_coco_dataset
-from resam_jax.evaluate import batch_prompts, predict_logits
-from resam_jax.model import load_sam, normalize_pixels
+from resam_jax.method.eval_step import batch_prompts, predict_logits
+from resam_jax.method.pseudo_labels import teacher_pseudo_labels
+from resam_jax.method.train_state import split_model
+from resam_jax.models.sam import load_sam
 from resam_jax.run import Evaluator
-from resam_jax.train_state import split_model
-from resam_jax.train_step import teacher_pseudo_labels
 
 # On these 12 target scenes (seed 7) the packaged checkpoint scores IoU 0.469 (precision 0.95,
 # recall 0.48): it finds every object but under-segments. A randomly initialised tiny SAM
@@ -72,10 +72,10 @@ def test_requery_pseudo_labels_beat_point_masks_on_target_scenes(target_scenes):
 
     @jax.jit
     def masks(batch):
-        points = predict_logits(model, batch, "points", config.model.pixel_norm) >= 0.5
-        images = normalize_pixels(batch["weak_image"], batch["content_mask"], config.model.pixel_norm)  # fmt: skip
+        points = predict_logits(model, batch, "points") >= 0.5
         pseudo = teacher_pseudo_labels(
-            model, images, batch_prompts(batch, "points"), batch["instance_valid"],
+            model, batch["weak_image"], batch["content_mask"], batch_prompts(batch, "points"),
+            batch["instance_valid"],
             config.method.refine_threshold,
         )  # fmt: skip
         return points, pseudo.masks

@@ -12,8 +12,8 @@ import torch
 from flax import nnx
 from sam_reference import attach_lora, build_reference, jax_twin, nchw, nhwc, t
 
-from resam_jax.model import Sam, sam_config
-from resam_jax.model.image_encoder import chunk_rows
+from resam_jax.models.sam import Sam, sam_config
+from resam_jax.models.sam.image_encoder import chunk_rows
 
 # A 40-query chunk of the tiny model's 16 x 16 global grid is 2 rows: 8 chunks.
 TINY = sam_config("tiny", lora_start_layer=0, attention_chunk_size=40)

@@ -73,9 +73,9 @@ from resam_jax.config import base_config
 from resam_jax.data.builders import load_prepared
 from resam_jax.data.pipeline import DataConfig, make_dataset
 from resam_jax.data.prepare import prepare
-from resam_jax.evaluate import make_eval_step
-from resam_jax.metrics import SCORE_NAMES, ImageAveragedScores
-from resam_jax.train_state import split_model
+from resam_jax.method.eval_step import make_eval_step
+from resam_jax.method.metrics import SCORE_NAMES, ImageAveragedScores
+from resam_jax.method.train_state import split_model
 
 pytestmark = [
     pytest.mark.skipif(
@@ -149,6 +149,7 @@ def our_scores(models, batch, prompt: str, reduction="per_instance", pixel_norm=
         config = base_config()
         config.eval.prompt = prompt
         config.model.pixel_norm = pixel_norm
+        models[0].pixel_norm = pixel_norm  # what resam_jax.run.setup.build_model sets
         graphdef, lora, frozen = split_model(models[0])
         _COUNTS_CACHE[key] = jax.device_get(
             jax.jit(make_eval_step(graphdef, config))(

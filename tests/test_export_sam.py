@@ -9,10 +9,10 @@ from flax import nnx
 from sam_reference import assert_same_prediction, build_reference, converted_reference
 from segment_anything import SamPredictor as TorchPredictor
 
-from resam_jax.model import load_sam, sam_config
+from resam_jax.inference.predictor import SamPredictor
+from resam_jax.method.train_state import split_model
+from resam_jax.models.sam import load_sam, sam_config
 from resam_jax.run.checkpoints import export_lora, export_merged_sam
-from resam_jax.sam_predictor import SamPredictor
-from resam_jax.train_state import split_model
 from weights_convert.convert_sam import main as convert_main
 from weights_convert.export_sam import main as export_main
 

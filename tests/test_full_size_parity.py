@@ -17,10 +17,10 @@ from flax import nnx
 from sam_reference import build_reference, t
 from segment_anything import SamPredictor as TorchPredictor
 
-from resam_jax.model import load_sam, load_sam_params, sam_config
-from resam_jax.model.image_encoder import Block
-from resam_jax.model.params import torch_to_flax
-from resam_jax.sam_predictor import SamPredictor
+from resam_jax.inference.predictor import SamPredictor
+from resam_jax.models.sam import load_sam, load_sam_params, sam_config
+from resam_jax.models.sam.image_encoder import Block
+from resam_jax.models.sam.params import torch_to_flax
 from weights_convert.convert_sam import main as convert_main
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resam_jax.losses import (
+from resam_jax.method.losses import (
     dice_loss,
     focal_loss,
     iou_regression_loss,

@@ -389,7 +389,7 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_continues_exactly(tmp_pa
 
 
 def test_study_config_adapts_the_packaged_small_sam_on_the_target_half():
-    from resam_jax.model.checkpoint import read_header
+    from resam_jax.models.sam.checkpoint import read_header
 
     config = load_config("study_nwpu")
     header = read_header(config.model.checkpoint)

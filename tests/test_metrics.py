@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resam_jax.metrics import ImageAveragedScores, binarize, confusion_counts, image_scores
+from resam_jax.method.metrics import ImageAveragedScores, binarize, confusion_counts, image_scores
 
 
 def _score(numerator, denominator):
@@ -136,8 +136,8 @@ def test_eval_step_counts_match_the_reference_sam(prompt):
     from sam_reference import public_forward, torch_twin
     from test_train_step import make_batch, make_config, make_model
 
-    from resam_jax.evaluate import make_eval_step
-    from resam_jax.train_state import split_model
+    from resam_jax.method.eval_step import make_eval_step
+    from resam_jax.method.train_state import split_model
 
     model = make_model()
     graphdef, lora, frozen = split_model(model)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from sam_reference import build_reference, jax_twin, nchw, nhwc, t
 
-from resam_jax.model import sam_config, upsample_logits
-from resam_jax.model.image_encoder import window_partition, window_unpartition
-from resam_jax.model.sam import postprocess_masks
+from resam_jax.models.sam import sam_config, upsample_logits
+from resam_jax.models.sam.image_encoder import window_partition, window_unpartition
+from resam_jax.models.sam.sam import postprocess_masks
 
 TINY = sam_config("tiny")
 TOL = dict(rtol=1e-4, atol=1e-4)

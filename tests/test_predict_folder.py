@@ -13,8 +13,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from resam_jax.config import DEMO_SAM_CHECKPOINT, SMALL_NWPU_SAM_CHECKPOINT
-from resam_jax.predict import main as predict_main
-from resam_jax.predict_folder import _quiet_coco
+from resam_jax.inference.folder import _quiet_coco
+from resam_jax.inference.image import main as predict_main
 
 SIZES = {"a.png": (150, 230), "b.jpg": (200, 120)}  # (height, width)
 PROMPTS = {
@@ -81,8 +81,8 @@ def ground_truth_with(masks: dict[int, np.ndarray]) -> dict:
 
 
 def test_results_are_coco_and_equal_the_predictors_masks(folder, results):
-    from resam_jax.model import load_sam
-    from resam_jax.sam_predictor import SamPredictor
+    from resam_jax.inference.predictor import SamPredictor
+    from resam_jax.models.sam import load_sam
 
     entries, output = results
     assert [r["prompt_id"] for r in entries] == [10, 11, 12, 13]
@@ -170,7 +170,7 @@ def test_real_nwpu_images_with_the_small_sam(nwpu_dir, tmp_path):
 
 
 def test_pixel_input_defaults_to_the_checkpoints_record():
-    from resam_jax.predict import _load_predictor
+    from resam_jax.inference.image import _load_predictor
 
     assert _load_predictor(SMALL_NWPU_SAM_CHECKPOINT, "auto").pixel_norm == "unit"
     assert _load_predictor(DEMO_SAM_CHECKPOINT, "auto").pixel_norm == "sam"  # no record
@@ -300,7 +300,7 @@ def test_flag_combinations_and_exit_code_from_the_shell(folder, tmp_path):
 
 
 def test_multimask_keeps_the_mask_with_the_best_predicted_iou(folder):
-    from resam_jax.predict_folder import ImagePrompts, Prompt, predict_images
+    from resam_jax.inference.folder import ImagePrompts, Prompt, predict_images
 
     class ThreeMasks:
         def set_image(self, image):

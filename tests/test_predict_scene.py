@@ -1,4 +1,4 @@
-"""Scene segmentation in tiles (resam_jax.scene, resam_jax.predict_scene) with the packaged small
+"""Scene segmentation in tiles (resam_jax.inference.tiling, resam_jax.inference.scene) with the packaged small
 SAM (384 px input) on a real NWPU VHR-10 image tiled 2 x 2 into a georeferenced GeoTIFF."""
 
 import json
@@ -15,8 +15,8 @@ from PIL import Image  # noqa: E402
 from rasterio.features import rasterize  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
 
-from resam_jax.predict_scene import apply_affine, main  # noqa: E402
-from resam_jax.scene import Prompt, Tile, paste_instance, route, tile_grid, tile_origins  # noqa: E402
+from resam_jax.inference.scene import apply_affine, main  # noqa: E402
+from resam_jax.inference.tiling import Prompt, Tile, paste_instance, route, tile_grid, tile_origins  # noqa: E402
 
 SMALL_SAM = Path(__file__).resolve().parents[1] / "resam_jax/assets/sam_small_nwpu"
 TRANSFORM = from_origin(500000.0, 5000000.0, 0.5, 0.5)  # 0.5 m pixels, UTM 33N
@@ -111,8 +111,8 @@ def geotiff_run(nwpu_scene):
 
 @pytest.fixture(scope="module")
 def predictor():
-    from resam_jax.model import load_sam
-    from resam_jax.sam_predictor import SamPredictor
+    from resam_jax.inference.predictor import SamPredictor
+    from resam_jax.models.sam import load_sam
 
     return SamPredictor(load_sam(SMALL_SAM), pixel_norm="unit")  # the small SAM's pixel scale
 
@@ -393,7 +393,7 @@ def test_tiles_sharded_over_two_devices_give_the_same_labels(small_scene):
 def test_jpeg_read_in_windows(nwpu_dir):
     """A plain JPEG reads tile by tile through rasterio (GDAL's libjpeg, whose decode differs
     from Pillow's by a few grey levels on some pixels)."""
-    from resam_jax.predict_scene import read_tile
+    from resam_jax.inference.scene import read_tile
 
     path = nwpu_dir / "Images" / NWPU_IMAGE
     decoded = np.asarray(Image.open(path).convert("RGB")).astype(int)

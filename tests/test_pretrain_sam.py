@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resam_jax.model import load_sam
-from resam_jax.model.checkpoint import load_sam_params
+from resam_jax.models.sam import load_sam
+from resam_jax.models.sam.checkpoint import load_sam_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools import pretrain_sam  # noqa: E402
@@ -63,7 +63,7 @@ def test_package_only_needs_a_checkpoint(tmp_path, synthetic_data):
 def test_packaged_small_sam_header_and_parameters():
     """resam_jax/assets/sam_small_nwpu: made by this tool, [0, 1] pixels, parameters that fit
     the small config (load_sam builds the model from exactly these)."""
-    from resam_jax.model.checkpoint import load_sam_params
+    from resam_jax.models.sam.checkpoint import load_sam_params
 
     directory = Path(__file__).resolve().parents[1] / "resam_jax" / "assets" / "sam_small_nwpu"
     header = json.loads((directory / "sam_checkpoint.json").read_text())

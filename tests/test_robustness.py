@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 
 from resam_jax.data.corruptions import CORRUPTIONS
-from resam_jax.robustness import parse_corruptions
+from resam_jax.experiments.robustness import parse_corruptions
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ from PIL import Image
 from sam_reference import assert_same_prediction, converted_reference
 from segment_anything import SamPredictor as TorchPredictor
 
-from resam_jax.model import sam_config
-from resam_jax.sam_predictor import SamPredictor
+from resam_jax.inference.predictor import SamPredictor
+from resam_jax.models.sam import sam_config
 
 TINY = sam_config("tiny")
 
@@ -23,7 +23,7 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictors(setup):
-    from resam_jax.model import load_sam
+    from resam_jax.models.sam import load_sam
 
     reference, root, image = setup
     torch_predictor, jax_predictor = (
@@ -72,7 +72,7 @@ def test_mask_input_refinement_matches_reference(predictors):
 def test_bgr_input_is_flipped_to_rgb(setup, predictors):
     _, jax_predictor = predictors
     _, root, image = setup
-    from resam_jax.model import load_sam
+    from resam_jax.models.sam import load_sam
 
     bgr = SamPredictor(load_sam(root / "ckpt"))
     bgr.set_image(np.ascontiguousarray(image[..., ::-1]), image_format="BGR")
@@ -80,7 +80,7 @@ def test_bgr_input_is_flipped_to_rgb(setup, predictors):
 
 
 def test_predict_before_set_image_is_an_error(setup):
-    from resam_jax.model import load_sam
+    from resam_jax.models.sam import load_sam
 
     with pytest.raises(RuntimeError, match="set_image"):
         SamPredictor(load_sam(setup[1] / "ckpt")).predict(box=np.array([0, 0, 5, 5]))

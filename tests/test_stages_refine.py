@@ -2,7 +2,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resam_jax.stages.refine import entropy_confidence, refine_masks, remove_overlaps
+from resam_jax.method.refine import entropy_confidence, refine_masks, remove_overlaps
 
 BIG = 20.0  # a logit whose confidence is ~1
 

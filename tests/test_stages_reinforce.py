@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resam_jax.stages.reinforce import (
+from resam_jax.method.reinforce import (
     FeatureQueues,
     box_pooled_features,
     l2_normalize,

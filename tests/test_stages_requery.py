@@ -1,7 +1,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from resam_jax.stages.requery import mask_boxes, pseudo_labels, requery_prompts
+from resam_jax.method.requery import mask_boxes, pseudo_labels, requery_prompts
 
 
 def _reference_box(mask):

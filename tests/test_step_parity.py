@@ -38,7 +38,7 @@ for the current demo (CPU, float32 matmuls; printed with -s):
     make_train_step: the same loss-part diffs; first Adam update max abs diff 1.9e-7 (|update|
         up to lr = 1e-3).
 
-Mutants of resam_jax/train_step.py checked by hand on 015.jpg (with the previous demo SAM) (edited locally, test run,
+Mutants of resam_jax/method/train_step.py checked by hand on 015.jpg (with the previous demo SAM) (edited locally, test run,
 reverted); each FAILS test_train_step_matches_public (loss parts within 1e-6 absolute):
     (1) student prompted with the Requery boxes instead of the points:
         "focal: ours 0.010162465274333954, public 0.018690168857574463";
@@ -65,11 +65,11 @@ from pycocotools import mask as mask_utils
 from sam_reference import attach_lora, demo_sam, public_forward, torch_twin
 
 from resam_jax.config import base_config
-from resam_jax.losses import segmentation_losses
-from resam_jax.model import decode_masks, normalize_pixels
-from resam_jax.stages.refine import refine_masks
-from resam_jax.train_state import create_train_state, split_model
-from resam_jax.train_step import make_train_step, teacher_pseudo_labels
+from resam_jax.method.losses import segmentation_losses
+from resam_jax.method.refine import refine_masks
+from resam_jax.method.train_state import create_train_state, split_model
+from resam_jax.method.train_step import make_train_step, teacher_pseudo_labels
+from resam_jax.models.sam import decode_masks, normalize_pixels
 
 IMAGE_SIZE = 128
 NWPU_IMAGE = "015.jpg"  # 7 instances of 2000..3000 px: ~20 px across at 128, all kept by Requery
@@ -298,7 +298,9 @@ def ours(setup):
         valid = batch["instance_valid"]
         logits, _ = decode_masks(teacher, teacher.encode(weak), IMAGE_SIZE, **point_prompts(batch))
         refined, _ = refine_masks(logits, valid, 0.3)
-        pseudo = teacher_pseudo_labels(teacher, weak, point_prompts(batch), valid, 0.3)
+        pseudo = teacher_pseudo_labels(
+            teacher, batch["weak_image"], batch["content_mask"], point_prompts(batch), valid, 0.3
+        )
 
         def loss_fn(lora):
             student = nnx.merge(graphdef, lora, frozen)

@@ -9,7 +9,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 
-from resam_jax.study import CLEAN, ROWS, parse_names, row_config
+from resam_jax.experiments.study import CLEAN, ROWS, parse_names, row_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,9 +7,9 @@ import pytest
 from flax import nnx
 
 from resam_jax.config import base_config
-from resam_jax.model import Sam, sam_config
-from resam_jax.train_state import create_train_state, split_model
-from resam_jax.train_step import make_train_step
+from resam_jax.method.train_state import create_train_state, split_model
+from resam_jax.method.train_step import make_train_step
+from resam_jax.models.sam import Sam, sam_config
 
 IMAGE_SIZE = 64
 NUM_INSTANCES = 3  # the last slot is padding
@@ -68,7 +68,12 @@ def batch_of(weak, masks, boxes, points, labels, valid) -> dict[str, np.ndarray]
 
 
 def make_model() -> Sam:
-    model = Sam(sam_config("tiny", image_size=IMAGE_SIZE, lora_start_layer=0), rngs=nnx.Rngs(0))
+    # The pixel input of make_config's base_config (model.pixel_norm).
+    model = Sam(
+        sam_config("tiny", image_size=IMAGE_SIZE, lora_start_layer=0),
+        rngs=nnx.Rngs(0),
+        pixel_norm="unit",
+    )
     head = model.mask_decoder.output_hypernetworks_mlps[0].layers[-1]
     head.kernel[...] = head.kernel[...] * LOGIT_SCALE
     head.bias[...] = head.bias[...] * LOGIT_SCALE
@@ -289,8 +294,7 @@ def test_pseudo_label_diagnostics_score_the_teacher_masks_against_gt(requery):
     """The logged IoUs against GT are those of the teacher's point masks, Refine's masks and the
     training targets: Requery's box-prompted masks, or the refined masks in the Refine-only
     ablation (method.requery=False). Checked against the stages called directly and a NumPy IoU."""
-    from resam_jax.model import normalize_pixels
-    from resam_jax.train_step import teacher_pseudo_labels
+    from resam_jax.method.pseudo_labels import teacher_pseudo_labels
 
     graphdef, lora, frozen = split_model(make_model())
     config = make_config(requery=requery, ema_rate=0.0)
@@ -299,7 +303,8 @@ def test_pseudo_label_diagnostics_score_the_teacher_masks_against_gt(requery):
     teacher = nnx.merge(graphdef, jax.tree.map(jnp.copy, state.lora), frozen)
     pseudo = teacher_pseudo_labels(
         teacher,
-        normalize_pixels(batch["weak_image"], batch["content_mask"], config.model.pixel_norm),
+        batch["weak_image"],
+        batch["content_mask"],
         {"points": batch["points"], "point_labels": batch["point_labels"]},
         batch["instance_valid"],
         config.method.refine_threshold,

@@ -8,8 +8,8 @@ import optax
 import pytest
 import torch
 
-from resam_jax.optim import learning_rate_schedule, make_optimizer, updates_applied
-from resam_jax.train_state import LossWindow, ema_update
+from resam_jax.method.optim import learning_rate_schedule, make_optimizer, updates_applied
+from resam_jax.method.train_state import LossWindow, ema_update
 
 
 def _optim_config(**overrides):

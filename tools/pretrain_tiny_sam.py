@@ -36,10 +36,10 @@ from resam_jax.config import base_config
 from resam_jax.data import pipeline
 from resam_jax.data.prepare import prepare
 from resam_jax.data.synthetic import write_coco_dataset
-from resam_jax.model import Sam, sam_config, save_sam_params
-from resam_jax.pretraining import sam_training_loss
+from resam_jax.experiments.pretraining import sam_training_loss
+from resam_jax.method.train_state import split_model
+from resam_jax.models.sam import Sam, sam_config, save_sam_params
 from resam_jax.run import Evaluator
-from resam_jax.train_state import split_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "resam_jax" / "assets" / "sam_tiny_demo"

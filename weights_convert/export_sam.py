@@ -20,15 +20,15 @@ import sys
 from pathlib import Path
 
 from resam_jax.files import staged
-from resam_jax.model.architecture import SamConfig, sam_config
-from resam_jax.model.checkpoint import (
+from resam_jax.models.sam.architecture import SamConfig, sam_config
+from resam_jax.models.sam.checkpoint import (
     CheckpointError,
     fold_lora,
     load_lora,
     load_sam_params,
     read_header,
 )
-from resam_jax.model.params import CheckpointMismatchError, flax_to_torch
+from resam_jax.models.sam.params import CheckpointMismatchError, flax_to_torch
 from weights_convert.convert_sam import ConversionError, add_model_type_flag, run_cli
 
 # The sizes segment_anything.sam_model_registry builds (with SAM's 1024 input).

@@ -1,30 +1,21 @@
-"""Segment Anything in Flax NNX, with LoRA, and loading of Meta's converted checkpoints."""
+"""Moved to resam_jax.models.sam. This alias (the package and its modules) serves imports
+written before the move until they are updated; new code imports resam_jax.models.sam."""
 
-from resam_jax.model.architecture import MODEL_TYPES, SamConfig, sam_config
-from resam_jax.model.checkpoint import CheckpointError, load_sam, load_sam_params, save_sam_params
-from resam_jax.model.params import CheckpointMismatchError
-from resam_jax.model.sam import (
-    PIXEL_NORMS,
-    Sam,
-    decode_masks,
-    normalize_pixels,
-    postprocess_masks,
-    upsample_logits,
+import sys
+
+from resam_jax.models import sam
+from resam_jax.models.sam import (
+    architecture,
+    checkpoint,
+    image_encoder,
+    layers,
+    mask_decoder,
+    params,
+    prompt_encoder,
 )
+from resam_jax.models.sam import sam as sam_module
 
-__all__ = [
-    "MODEL_TYPES",
-    "PIXEL_NORMS",
-    "CheckpointError",
-    "CheckpointMismatchError",
-    "Sam",
-    "SamConfig",
-    "decode_masks",
-    "load_sam",
-    "load_sam_params",
-    "normalize_pixels",
-    "postprocess_masks",
-    "sam_config",
-    "save_sam_params",
-    "upsample_logits",
-]
+for _module in (architecture, checkpoint, image_encoder, layers, mask_decoder, params,
+                prompt_encoder, sam_module):  # fmt: skip
+    sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[1]}"] = _module
+sys.modules[__name__] = sam

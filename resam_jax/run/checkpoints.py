@@ -24,8 +24,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from resam_jax.model import SamConfig, save_sam_params
-from resam_jax.model.checkpoint import fold_lora
+from resam_jax.models.sam import SamConfig, save_sam_params
+from resam_jax.models.sam.checkpoint import fold_lora
 
 
 class TrainCheckpoints:

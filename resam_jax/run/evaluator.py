@@ -12,27 +12,24 @@ from flax import nnx
 
 from resam_jax import parallel
 from resam_jax.data import pipeline
-from resam_jax.evaluate import batch_prompts, make_eval_step, predict_logits
-from resam_jax.metrics import SCORE_NAMES, ImageAveragedScores, binarize
-from resam_jax.model import normalize_pixels
+from resam_jax.method.eval_step import batch_prompts, make_eval_step, predict_logits
+from resam_jax.method.metrics import SCORE_NAMES, ImageAveragedScores, binarize
+from resam_jax.method.pseudo_labels import teacher_pseudo_labels
 from resam_jax.run import reporting
 from resam_jax.run.setup import RunError
-from resam_jax.train_step import teacher_pseudo_labels
 
 
 def make_overlay_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict):
     """Jitted (student_lora, teacher_lora, frozen, batch) -> the prediction, pseudo-label and
     its validity for drawing: the eval prompts on the student, Refine + Requery on the teacher."""
-    pixel_norm, prompt = config.model.pixel_norm, config.eval.prompt
+    prompt = config.eval.prompt
 
     def overlay_step(student_lora, teacher_lora, frozen, batch):
-        logits = predict_logits(
-            nnx.merge(graphdef, student_lora, frozen), batch, prompt, pixel_norm
-        )
-        images = normalize_pixels(batch["weak_image"], batch["content_mask"], pixel_norm)
+        logits = predict_logits(nnx.merge(graphdef, student_lora, frozen), batch, prompt)
         pseudo = teacher_pseudo_labels(
             nnx.merge(graphdef, teacher_lora, frozen),
-            images,
+            batch["weak_image"],
+            batch["content_mask"],
             batch_prompts(batch, "points"),
             batch["instance_valid"],
             config.method.refine_threshold,

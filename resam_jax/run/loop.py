@@ -25,22 +25,15 @@ from flax import nnx
 from resam_jax import parallel
 from resam_jax.config import base_config
 from resam_jax.data import pipeline
-from resam_jax.model import SamConfig
+from resam_jax.method.train_state import create_train_state, split_model
+from resam_jax.method.train_step import make_train_step
+from resam_jax.models.sam import SamConfig
 from resam_jax.run import checkpoints as checkpointing
 from resam_jax.run import reporting
 from resam_jax.run.evaluator import Evaluator
-from resam_jax.run.setup import (
-    RunError,
-    build_model,
-    data_paths,
-    ensure_dataset,
-    host_data_config,
-    train_steps_per_epoch,
-)
-from resam_jax.train_state import TRAIN_MODES, create_train_state, split_model
-from resam_jax.train_step import make_train_step
+from resam_jax.run.setup import MODES, RunError, prepare, train_steps_per_epoch
 
-MODES = (*TRAIN_MODES, "direct")
+__all__ = ["MODES", "train_and_evaluate"]
 
 
 def record_config(config: ml_collections.ConfigDict, workdir: Path, resuming: bool) -> None:
@@ -109,24 +102,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
          "pseudo_labels": [(epoch label, diagnostics), ...] (ReSAM),
          "lora": the final LoRA parameters (replicated arrays)}.
     """
-    workdir = Path(workdir).expanduser().resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     mode = config.method.mode
-    if mode not in MODES:
-        raise RunError(f"config.method.mode={mode!r}; expected one of {MODES}")
     mesh = parallel.data_mesh()
     logging.info(
         "%d process(es), %d device(s) (%s); global batch %d",
         jax.process_count(), jax.device_count(), jax.default_backend(), config.data.batch_size,
     )  # fmt: skip
-
-    data_dir, manual_dir = data_paths(config, workdir)
-    try:
-        data_config = host_data_config(config, data_dir)
-    except ValueError as e:  # per_host_batch_size
-        raise RunError(str(e)) from None
-    ensure_dataset(config, data_dir, manual_dir)
-    model = build_model(config)
+    prepared = prepare(config, workdir)
+    model, data_config, workdir = prepared.model, prepared.data_config, prepared.workdir
+    data_dir, manual_dir = prepared.data_dir, prepared.manual_dir
     graphdef, initial_lora, frozen = split_model(model)
 
     checkpoints = None
@@ -152,9 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         logging.info("\n%s", reporting.evaluation_table(run.rows))
         return {"steps": 0, "preempted": False, "evaluations": run.rows, "lora": lora}
 
-    state = parallel.replicate(
-        create_train_state(initial_lora, model.config.prompt_embed_dim, config), mesh
-    )
+    state = parallel.replicate(create_train_state(initial_lora, model.feature_dim, config), mesh)
     state, diagnostic_rows, preempted = _train(run, state, data_config, checkpoints, resume_step)
     if not preempted:
         _export(run, state, model.config)
@@ -202,12 +184,8 @@ def _train(run: _Run, state, data_config, checkpoints, resume_step: int | None):
     first_step = int(state.step)
 
     rep, sharded = parallel.replicated(run.mesh), parallel.batch_sharded(run.mesh)
-    try:
-        step_function = make_train_step(run.graphdef, config, steps_per_epoch)
-    except ValueError as e:  # a method or train value the step cannot use, named in e
-        raise RunError(str(e)) from None
     train_step = jax.jit(
-        step_function,
+        make_train_step(run.graphdef, config, steps_per_epoch),  # its fields: setup.check_config
         in_shardings=(rep, rep, sharded),
         out_shardings=(rep, rep),
         donate_argnums=0,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from resam_jax.metrics import SCORE_NAMES
+from resam_jax.method.metrics import SCORE_NAMES
 from resam_jax.visualize import tint_instances
 
 
@@ -192,7 +192,7 @@ class Progress:
         )
 
 
-# Per-step pseudo-label quality of a ReSAM step (resam_jax.train_step), averaged per epoch.
+# Per-step pseudo-label quality of a ReSAM step (resam_jax.method.train_step), averaged per epoch.
 PSEUDO_LABEL_DIAGNOSTICS = {
     "teacher_point_iou": "teacher point IoU",
     "refined_iou": "refined IoU",

@@ -1,4 +1,5 @@
-"""What a run needs before its first step: the SAM model, the prepared data, the data config.
+"""What a run needs before its first step: `prepare(config, workdir)` gives the model, the
+prepared data and this process's data config, after checking the config's fields once.
 
 Every problem the user fixes outside the code (missing weights, unprepared data, a bad config
 value) is a RunError whose message says what to do.
@@ -13,16 +14,18 @@ from pathlib import Path
 
 import jax
 import ml_collections
-from flax import nnx
 
-from resam_jax import parallel
+from resam_jax import models, parallel
 from resam_jax.data import pipeline
 from resam_jax.data.builders import load_prepared, prepare_help
 from resam_jax.data.coco import DataError
-from resam_jax.data.prepare import prepare
+from resam_jax.data.prepare import prepare as prepare_dataset
 from resam_jax.data.synthetic import write_coco_dataset
-from resam_jax.model import CheckpointError, Sam, load_sam, sam_config
-from resam_jax.model.checkpoint import conversion_help
+from resam_jax.method.train_state import TRAIN_MODES
+from resam_jax.models import Backbone
+from resam_jax.models.sam import PIXEL_NORMS
+
+MODES = (*TRAIN_MODES, "direct")
 
 
 class RunError(Exception):
@@ -30,48 +33,59 @@ class RunError(Exception):
     the message says what to do."""
 
 
-def build_model(config: ml_collections.ConfigDict) -> Sam:
-    """SAM with LoRA from config.model: a converted checkpoint, or random weights if none."""
-    model_config = config.model
-    # The LoRA, the computation dtype and the memory options: what a checkpoint does not fix.
-    options = dict(
-        lora_rank=model_config.lora_rank,
-        lora_start_layer=model_config.lora_start_layer,
-        dtype=model_config.dtype,
-        attention=model_config.attention,
-        attention_chunk_size=model_config.attention_chunk_size,
-        remat=model_config.remat,
-    )
-    image_size = config.data.image_size
-    if not model_config.checkpoint:
-        logging.warning(
-            "config.model.checkpoint is empty: SAM %s is RANDOMLY INITIALISED (no pretrained "
-            "weights); its scores only show that the pipeline runs.", model_config.model_type
-        )  # fmt: skip
-        sam = sam_config(model_config.model_type, image_size=image_size, **options)
-        return Sam(sam, rngs=nnx.Rngs(config.seed))
-    directory = Path(model_config.checkpoint).expanduser()
-    if not directory.exists():
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What prepare() sets up for a command."""
+
+    model: Backbone
+    data_config: pipeline.DataConfig  # this process's share of config.data
+    workdir: Path  # absolute, created
+    data_dir: Path
+    manual_dir: Path | None
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """The config's choices that no later step can recover from, checked once, before anything
+    is built: a RunError naming the field and the allowed values."""
+    if config.method.mode not in MODES:
+        raise RunError(f"config.method.mode={config.method.mode!r}; expected one of {MODES}")
+    if config.model.pixel_norm not in PIXEL_NORMS:
         raise RunError(
-            f"no converted SAM checkpoint at {directory} (config.model.checkpoint). "
-            + conversion_help(directory, model_config.model_type)
+            f"config.model.pixel_norm={config.model.pixel_norm!r}; expected one of {PIXEL_NORMS}"
         )
+    if config.train.grad_accum_steps < 1:
+        raise RunError(
+            f"config.train.grad_accum_steps={config.train.grad_accum_steps} must be at least 1"
+        )
+    if config.train.instance_chunk_size < 0:
+        raise RunError(
+            f"config.train.instance_chunk_size={config.train.instance_chunk_size} must be 0 or "
+            "positive (0: all instances at once)"
+        )
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Prepared:
+    """The set-up every command repeats (train_and_evaluate, robustness, diagnose): the config
+    checked, the workdir created, the dataset generated (synthetic) or found prepared, this
+    process's data config, the model."""
+    check_config(config)
+    workdir = Path(workdir).expanduser().resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    data_dir, manual_dir = data_paths(config, workdir)
     try:
-        model = load_sam(directory, **options)
-    except CheckpointError as e:
+        data_config = host_data_config(config, data_dir)
+    except ValueError as e:  # per_host_batch_size
         raise RunError(str(e)) from None
-    if model.config.model_type != model_config.model_type:
-        raise RunError(
-            f"{directory} holds SAM {model.config.model_type}, but config.model.model_type="
-            f"{model_config.model_type!r}; point config.model.checkpoint at a converted "
-            f"{model_config.model_type} or set --config.model.model_type={model.config.model_type}"
-        )
-    if model.config.image_size != image_size:
-        raise RunError(
-            f"{directory} is a SAM for {model.config.image_size}x{model.config.image_size} inputs but "
-            f"config.data.image_size={image_size}; set --config.data.image_size={model.config.image_size}"
-        )
-    return model
+    ensure_dataset(config, data_dir, manual_dir)
+    return Prepared(build_model(config), data_config, workdir, data_dir, manual_dir)
+
+
+def build_model(config: ml_collections.ConfigDict) -> Backbone:
+    """The backbone of config.model (resam_jax.models.build), its problems as RunErrors."""
+    try:
+        return models.build(config)
+    except models.ModelError as e:
+        raise RunError(str(e)) from None
 
 
 def data_paths(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Path, Path | None]:
@@ -105,7 +119,7 @@ def ensure_dataset(
                 data.train_split: "annotations/train.json",
                 data.eval_split: "annotations/val.json",
             }
-            summary = prepare(
+            summary = prepare_dataset(
                 data.dataset, config=data.dataset_config, data_dir=data_dir, manual_dir=manual_dir,
                 annotations=splits,
             )  # fmt: skip

@@ -1,6 +1,6 @@
 """Large scenes in overlapping tiles: the tile grid, which tile answers each prompt, one encode
 per tile for all its prompts (tiles batched across devices), and merging instance masks into a
-label image. No raster or vector I/O here (resam_jax/predict_scene.py does that).
+label image. No raster or vector I/O here (resam_jax/inference/scene.py does that).
 
 Coordinates are scene pixel indices (x = column, y = row; the centre of pixel (c, r) is at
 (c, r)), as `SamPredictor` takes them.
@@ -35,8 +35,8 @@ import numpy as np
 from flax import nnx
 
 from resam_jax import parallel
-from resam_jax.model import Sam, normalize_pixels, postprocess_masks
-from resam_jax.sam_predictor import prepare_image
+from resam_jax.inference.predictor import prepare_image
+from resam_jax.models.sam import Sam, normalize_pixels, postprocess_masks
 from resam_jax.transforms import scale_coords
 
 # Prompts decoded per tile in one call: bounds the [tiles, prompts, H, W] mask block in memory.

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from resam_jax.model.architecture import SamConfig
-from resam_jax.model.layers import Buffer, gelu, layer_norm
+from resam_jax.models.sam.architecture import SamConfig
+from resam_jax.models.sam.layers import Buffer, gelu, layer_norm
 
 # Point-type rows of `point_embeddings`: SAM's label 0 and 1, then the box corners.
 NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = range(4)

@@ -57,7 +57,7 @@ from resam_jax.data.coco import (
     segmentation_problem,
 )
 from resam_jax.files import staged
-from resam_jax.predict import PredictError, load_image
+from resam_jax.inference.common import PredictError, load_image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,7 +318,7 @@ def read_ground_truth(path: Path, images: Sequence[ImagePrompts]):
 def score_results(ground_truth, results: Sequence[dict]) -> dict[str, float]:
     """Per-instance IoU/F1/precision/recall of the result masks against the GT masks, averaged
     within each image and then over images (docs/method.md section 5)."""
-    from resam_jax.metrics import ImageAveragedScores, confusion_counts
+    from resam_jax.method.metrics import ImageAveragedScores, confusion_counts
 
     scores = ImageAveragedScores("per_instance")
     by_image: dict[int, list[dict]] = {}

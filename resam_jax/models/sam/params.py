@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flax import nnx
 
-from resam_jax.model.architecture import MODEL_TYPES, SamConfig, sam_config
+from resam_jax.models.sam.architecture import MODEL_TYPES, SamConfig, sam_config
 
 # (torch module prefix regex, Flax module path, layer kind). Order matters: first match wins.
 _RENAMES: tuple[tuple[str, str, str], ...] = (
@@ -195,7 +195,7 @@ def torch_to_flax(
 def frozen_param_shapes(config: SamConfig) -> dict[tuple, tuple[int, ...]]:
     """Path -> shape of every non-LoRA variable of a SAM model with `config` (no allocation).
     The cached dict is shared: do not modify it."""
-    from resam_jax.model.sam import (
+    from resam_jax.models.sam.sam import (
         Sam,
     )  # local: params.py is imported by the converter before jax work
 

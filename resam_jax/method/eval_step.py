@@ -1,7 +1,7 @@
-"""Evaluation step (docs/method.md section 5): prompt SAM with the GT points or boxes of every
-instance, binarise at the padded S x S resolution and count tp/fp/fn/tn per instance.
+"""Evaluation step (docs/method.md section 5): prompt the model with the GT points or boxes of
+every instance, binarise at the padded S x S resolution and count tp/fp/fn/tn per instance.
 
-The host turns the counts into per-image scores with resam_jax.metrics.ImageAveragedScores.
+The host turns the counts into per-image scores with resam_jax.method.metrics.ImageAveragedScores.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import jax
 import ml_collections
 from flax import nnx
 
-from resam_jax.metrics import binarize, confusion_counts
-from resam_jax.model import Sam, decode_masks, normalize_pixels
+from resam_jax.method.metrics import binarize, confusion_counts
+from resam_jax.models import Backbone
 
 Batch = Mapping[str, jax.Array]
 PROMPTS = ("points", "boxes")
@@ -28,12 +28,10 @@ def batch_prompts(batch: Batch, prompt: str) -> dict[str, jax.Array]:
     raise ValueError(f"unknown prompt {prompt!r}; expected one of {PROMPTS}")
 
 
-def predict_logits(model: Sam, batch: Batch, prompt: str, pixel_norm: str) -> jax.Array:
+def predict_logits(model: Backbone, batch: Batch, prompt: str) -> jax.Array:
     """Mask logits [B, N, S, S] of every instance of the weak (unaugmented-colour) view."""
-    images = normalize_pixels(batch["weak_image"], batch["content_mask"], pixel_norm)
-    embedding = model.encode(images)
-    logits, _ = decode_masks(model, embedding, images.shape[1], **batch_prompts(batch, prompt))
-    return logits
+    embedding = model.encode_pixels(batch["weak_image"], batch["content_mask"])
+    return model.decode_masks(embedding, batch_prompts(batch, prompt))[0]
 
 
 def make_eval_step(
@@ -43,18 +41,16 @@ def make_eval_step(
     "image_id": [B]}` (the image ids let the host join the samples of one image).
 
     `lora` is whichever LoRA set to evaluate: the student's (TrainState.lora), or the initial
-    one (B = 0) for Direct SAM. Reads config.eval.{prompt, threshold_on} and
-    config.model.pixel_norm.
+    one (B = 0) for Direct SAM. Reads config.eval.{prompt, threshold_on}.
     """
     prompt = config.eval.prompt
     threshold_on = config.eval.threshold_on
-    pixel_norm = config.model.pixel_norm
     if prompt not in PROMPTS:
         raise ValueError(f"eval.prompt={prompt!r}; expected one of {PROMPTS}")
 
     def eval_step(lora: nnx.State, frozen: nnx.State, batch: Batch) -> dict[str, jax.Array]:
         model = nnx.merge(graphdef, lora, frozen)
-        predicted = binarize(predict_logits(model, batch, prompt, pixel_norm), threshold_on)
+        predicted = binarize(predict_logits(model, batch, prompt), threshold_on)
         counts = confusion_counts(predicted, batch["masks"], batch["instance_valid"])
         return {
             "counts": counts,

@@ -20,9 +20,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
-from resam_jax.model.architecture import SamConfig, sam_config
-from resam_jax.model.params import check_params
-from resam_jax.model.sam import Sam
+from resam_jax.models.sam.architecture import SamConfig, sam_config
+from resam_jax.models.sam.params import check_params
+from resam_jax.models.sam.sam import Sam
 
 HEADER = "sam_checkpoint.json"
 FORMAT = "resam-jax/sam/1"
@@ -152,7 +152,7 @@ def load_sam(directory: str | Path, **overrides) -> Sam:
 def sam_from_params(config: SamConfig, params: Mapping[tuple, np.ndarray]) -> Sam:
     """A Sam built abstractly and filled with `params` (Flax path -> array, every non-LoRA
     variable); only the LoRA parameters are initialised (seed 0, B = 0), so the frozen weights
-    are never drawn at random first (loading ViT-H peaks at 5.3 GiB instead of 7.0)."""
+    are never drawn at random first (a lower peak while loading: docs/benchmarks.md)."""
     structure = {}
 
     def init_lora():

@@ -7,7 +7,7 @@ one value per instance [...]; `masked_mean` averages them over the valid instanc
 import jax
 import jax.numpy as jnp
 
-from resam_jax.metrics import ThresholdOn, binarize
+from resam_jax.method.metrics import ThresholdOn, binarize
 
 # torch.nn.functional.binary_cross_entropy clamps its log terms at -100.
 _BCE_LOG_FLOOR = -100.0

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from resam_jax.model.architecture import SamConfig
-from resam_jax.model.layers import MLP, MLPBlock, gelu, layer_norm
+from resam_jax.models.sam.architecture import SamConfig
+from resam_jax.models.sam.layers import MLP, MLPBlock, gelu, layer_norm
 
 # The two-way transformer uses torch's default LayerNorm epsilon, unlike the encoder.
 TRANSFORMER_LN_EPS = 1e-5

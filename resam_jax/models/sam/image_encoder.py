@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from resam_jax.model.architecture import SamConfig
-from resam_jax.model.layers import MLPBlock, gelu, layer_norm
+from resam_jax.models.sam.architecture import SamConfig
+from resam_jax.models.sam.layers import MLPBlock, gelu, layer_norm
 
 
 def lora_a_init(key, shape, dtype=jnp.float32):

@@ -50,9 +50,9 @@ class SamConfig:
     # scores in the backward pass, so no global block holds more than one block of scores;
     # "dot_product" is jax.nn.dot_product_attention with the relative-position bias as `bias`
     # (cuDNN on GPU; the bias itself is [tokens, tokens]). All three are the same function.
-    # "chunked" by 128 queries is the default: on CPU it runs ViT-B's encoder 1.6x faster than
-    # "reference" (each block of scores, 12 x 128 x 4096, stays in cache) and keeps the train
-    # step's attention temporaries small (README, Benchmarks).
+    # "chunked" by 128 queries is the default: on CPU each block of scores (12 x 128 x 4096 in
+    # ViT-B) stays in cache, so it runs faster than "reference", and it keeps the train step's
+    # attention temporaries small (docs/benchmarks.md).
     attention: str = "chunked"
     attention_chunk_size: int = 128
     # Rematerialisation of the encoder blocks that carry gradients (lora_blocks()), REMAT_OPTIONS:

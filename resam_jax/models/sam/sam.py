@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from resam_jax.model.architecture import SamConfig
-from resam_jax.model.image_encoder import ImageEncoderViT
-from resam_jax.model.layers import resize_bilinear
-from resam_jax.model.mask_decoder import MaskDecoder
-from resam_jax.model.prompt_encoder import PromptEncoder
+from resam_jax.models.sam.architecture import SamConfig
+from resam_jax.models.sam.image_encoder import ImageEncoderViT
+from resam_jax.models.sam.layers import resize_bilinear
+from resam_jax.models.sam.mask_decoder import MaskDecoder
+from resam_jax.models.sam.prompt_encoder import PromptEncoder
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -51,12 +53,19 @@ def postprocess_masks(
 
 
 class Sam(nnx.Module):
-    """Segment Anything, split into `encode` and `decode` so one embedding serves many prompts."""
+    """Segment Anything, split into `encode` and `decode` so one embedding serves many prompts;
+    `encode_pixels`, `decode_masks` and `features` are resam_jax.models.Backbone.
+
+    `pixel_norm` (PIXEL_NORMS) is the pixel input the weights expect, for `encode_pixels`.
+    """
 
     mask_threshold = 0.0
 
-    def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: SamConfig, *, rngs: nnx.Rngs, pixel_norm: str = "sam"):
+        if pixel_norm not in PIXEL_NORMS:
+            raise ValueError(f"pixel_norm={pixel_norm!r}; expected one of {PIXEL_NORMS}")
         self.config = config
+        self.pixel_norm = pixel_norm
         self.image_encoder = ImageEncoderViT(config, rngs=rngs)
         self.prompt_encoder = PromptEncoder(config, rngs=rngs)
         self.mask_decoder = MaskDecoder(config, rngs=rngs)
@@ -111,6 +120,24 @@ class Sam(nnx.Module):
             multimask_output,
         )
         return logits.reshape(b, n, *logits.shape[1:]), iou.reshape(b, n, -1)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.prompt_embed_dim
+
+    def encode_pixels(self, images: jax.Array, content_mask: jax.Array) -> jax.Array:
+        """uint8 RGB [B, S, S, 3], content mask [B, S, S] -> image embeddings [B, E, E, C]."""
+        return self.encode(normalize_pixels(images, content_mask, self.pixel_norm))
+
+    def decode_masks(
+        self, embedding: jax.Array, prompts: Mapping[str, jax.Array]
+    ) -> tuple[jax.Array, jax.Array]:
+        """Single-mask decode in the input frame: (logits [B, N, S, S], IoU head [B, N])."""
+        return decode_masks(self, embedding, self.config.image_size, **prompts)
+
+    def features(self, embedding: jax.Array) -> tuple[jax.Array, int]:
+        """The image embedding [B, E, E, C] itself, one cell per patch."""
+        return embedding, self.config.patch_size
 
 
 def decode_masks(

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from resam_jax.model import PIXEL_NORMS, Sam, normalize_pixels, postprocess_masks
+from resam_jax.models.sam import PIXEL_NORMS, Sam, normalize_pixels, postprocess_masks
 from resam_jax.transforms import resize_longest_side, scale_coords
 
 

@@ -1,0 +1,197 @@
+r"""The adaptation study: every row of the paper's table, clean and under corruptions.
+
+    python -m resam_jax.study --config configs/study_nwpu.py --workdir runs/study \
+        [--rows direct,resam,...] [--corruptions clean,gaussian_noise,...] [--config.a.b=value ...]
+
+For each corruption (ImageNet-C at config.data.corruption_severity, or "clean") and each row,
+one run of resam_jax.run.train_and_evaluate in WORKDIR/<corruption>/<row>, with the row's
+overrides on top of --config (ROWS below). A finished row leaves a `result.json` and is not run
+again; an interrupted one resumes from its checkpoint: the same command picks the study up
+where it stopped. At the end (and after every row) the study writes
+
+    WORKDIR/results.json   per corruption and row: final scores (mean and _std over the prompt
+                           draws), the per-epoch IoU, the pseudo-label diagnostics, wall time
+    WORKDIR/results.md     one table per corruption: IoU/F1/precision/recall, mean ± std
+    WORKDIR/iou_per_epoch.png   IoU on the evaluation split after every epoch, one panel per
+                           corruption, one line per row (Direct SAM as a flat reference)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from absl import app, flags, logging
+
+from resam_jax.data.corruptions import CORRUPTIONS
+from resam_jax.method.metrics import SCORE_NAMES
+from resam_jax.run import cli  # --config, --workdir and the multi-host flags
+
+# The paper's rows and its ablation (docs/method.md section 4.7), as overrides of the config.
+ROWS: dict[str, dict[str, Any]] = {
+    "direct": {"method.mode": "direct"},
+    "refine_only": {"method.requery": False, "method.ssa_max_weight": 0.0},
+    "refine_requery": {"method.ssa_max_weight": 0.0},
+    "resam": {},
+    "resam_ema": {"method.ema_rate": 0.99},
+    "supervised": {"method.mode": "supervised"},
+}
+LABELS = {
+    "direct": "Direct SAM",
+    "refine_only": "Refine only",
+    "refine_requery": "Refine + Requery",
+    "resam": "ReSAM (Refine + Requery + SSA)",
+    "resam_ema": "ReSAM, EMA teacher 0.99",
+    "supervised": "Supervised (GT masks)",
+}
+CLEAN = "clean"
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """The study's own flags, defined only when it runs as a program: importing this module
+    next to resam_jax.experiments.robustness (which has a --corruptions flag too) must not clash."""
+    flags.DEFINE_string("rows", ",".join(ROWS), "comma-separated rows to run")
+    flags.DEFINE_string(
+        "corruptions", CLEAN, "comma-separated: 'clean' and/or ImageNet-C corruption names"
+    )
+
+
+def parse_names(text: str, known: list[str] | tuple[str, ...], what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or (unknown := [n for n in names if n not in known]):
+        raise ValueError(
+            f"--{what}={text!r}: unknown {', '.join(unknown) if names else 'empty list'}; "
+            f"expected some of: {', '.join(known)}"
+        )
+    return names
+
+
+def row_config(config, row: str, corruption: str):
+    """config with the row's overrides and the corruption (a copy; config is untouched)."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for dotted, value in ROWS[row].items():
+            section, field = dotted.split(".")
+            config[section][field] = value
+        config.data.corruption = "" if corruption == CLEAN else corruption
+    return config
+
+
+def run_row(config, workdir: Path) -> dict[str, Any]:
+    """One row, or its saved result if it finished before."""
+    from resam_jax.run import train_and_evaluate
+
+    done = workdir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    start = time.perf_counter()
+    result = train_and_evaluate(config, workdir)
+    if result["preempted"]:
+        raise KeyboardInterrupt("preempted (SIGTERM); run the same command to resume")
+    label, final = result["evaluations"][-1]
+    record = {
+        "final": final,
+        "label": label,
+        "steps": result["steps"],
+        "iou_per_epoch": [(lab, scores["iou"]) for lab, scores in result["evaluations"]],
+        "pseudo_labels": result.get("pseudo_labels", []),
+        "seconds": time.perf_counter() - start,
+    }
+    done.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def markdown(results: dict[str, dict[str, Any]], config) -> str:
+    draws = config.eval.prompt_seeds
+    lines = [
+        f"Study on {config.data.dataset} ({config.data.eval_split}), "
+        f"model {config.model.model_type} from {config.model.checkpoint or 'random init'}; "
+        f"percent, mean ± std over {draws} prompt draw(s); ImageNet-C severity "
+        f"{config.data.corruption_severity}.",
+    ]
+    for corruption, rows in results.items():
+        lines += [
+            "",
+            f"### {corruption}",
+            "",
+            "| row | " + " | ".join(SCORE_NAMES) + " | minutes |",
+            "|---|" + "---:|" * (len(SCORE_NAMES) + 1),
+        ]
+        for row, record in rows.items():
+            final = record["final"]
+            cells = [f"{100 * final[n]:.2f} ± {100 * final[n + '_std']:.2f}" for n in SCORE_NAMES]
+            minutes = f"{record['seconds'] / 60:.1f}"
+            lines.append(f"| {LABELS[row]} | " + " | ".join(cells) + f" | {minutes} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+    """IoU after every epoch (x: epoch, 0 = the source model as the Direct SAM row scored it),
+    one panel per corruption; Direct SAM as a dashed horizontal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    figure, axes = plt.subplots(
+        1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False, sharey=True
+    )
+    for axis, (corruption, rows) in zip(axes[0], results.items(), strict=True):
+        direct = rows.get("direct")
+        for row, record in rows.items():
+            values = [100 * iou for _, iou in record["iou_per_epoch"]]
+            if row == "direct":
+                axis.axhline(values[-1], color="grey", linestyle="--", label=LABELS[row])
+                continue
+            # A row trained with train.eval_before_training=False starts from the source model,
+            # which the Direct SAM row scored: that is its point 0.
+            first = 0 if record["iou_per_epoch"][0][0].startswith("Direct") else 1
+            if first == 1 and direct is not None:
+                first, values = 0, [100 * direct["iou_per_epoch"][-1][1], *values]
+            axis.plot(range(first, first + len(values)), values, marker="o", label=LABELS[row])
+        axis.set_title(corruption)
+        axis.set_xlabel("epoch (0 = the source model)")
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("IoU (%)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def study(config, workdir: str | Path, rows: list[str], corruptions: list[str]) -> dict:
+    workdir = Path(workdir).expanduser().resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    for corruption in corruptions:
+        for row in rows:
+            logging.info("study: %s / %s", corruption, row)
+            record = run_row(row_config(config, row, corruption), workdir / corruption / row)
+            results.setdefault(corruption, {})[row] = record
+            (workdir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+            (workdir / "results.md").write_text(markdown(results, config))
+            plot(results, workdir / "iou_per_epoch.png")
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        rows = parse_names(FLAGS.rows, list(ROWS), "rows")
+        corruptions = parse_names(FLAGS.corruptions, [CLEAN, *CORRUPTIONS], "corruptions")
+    except ValueError as e:
+        cli.fail(str(e))
+    results = cli.run_command(lambda: study(FLAGS.config, FLAGS.workdir, rows, corruptions))
+    print(markdown(results, FLAGS.config))
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,61 @@
+"""The backbone contract: what resam_jax.method needs of a model family, and no more.
+
+A family lives in its own folder (sam/: Segment Anything) with its modules, its weight mapping
+and its checkpoints, and a `build(config)`; the method reaches it only through `Backbone` below,
+so a second family is a second folder. A Backbone is an nnx.Module whose trainable adapters are
+`LORA` variables: `nnx.split(model, LORA, ...)` gives the LoRA the method trains and the frozen
+rest.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import jax
+import ml_collections
+from flax import nnx
+
+# The variables the method trains; everything else stays frozen.
+LORA = nnx.LoRAParam
+# The families `build` knows, each the name of its folder (config.model.family, default "sam").
+FAMILIES = ("sam",)
+
+Embedding = Any  # a family's image embedding: an opaque pytree the method only passes around
+Prompts = Mapping[
+    str, jax.Array
+]  # {"points" [B, N, P, 2], "point_labels" [B, N, P]} | {"boxes" [B, N, 4]}
+
+
+class Backbone(Protocol):
+    """A promptable segmenter, split into one image encoding and any number of decodes."""
+
+    @property
+    def feature_dim(self) -> int:
+        """C of `features`: the width of Reinforce's instance features."""
+
+    def encode_pixels(self, images: jax.Array, content_mask: jax.Array) -> Embedding:
+        """uint8 RGB [B, S, S, 3], bool [B, S, S] (the image's pixels, not the padding) -> the
+        embedding. The family normalises the pixels as its weights expect."""
+
+    def decode_masks(self, embedding: Embedding, prompts: Prompts) -> tuple[jax.Array, jax.Array]:
+        """One mask per prompt: (logits [B, N, S, S] in the input frame, predicted IoU [B, N])."""
+
+    def features(self, embedding: Embedding) -> tuple[jax.Array, int]:
+        """(feature map [B, H, W, C] that Reinforce pools instance boxes from, its stride in
+        input pixels)."""
+
+
+class ModelError(Exception):
+    """A backbone the config asks for cannot be built (missing or mismatched weights); the
+    message says what to do."""
+
+
+def build(config: ml_collections.ConfigDict) -> Backbone:
+    """The backbone of config.model with its LoRA, for config.data.image_size inputs: the
+    family's `build` (a converted checkpoint, or random weights)."""
+    family = config.model.get("family", "sam")
+    if family not in FAMILIES:
+        raise ModelError(f"config.model.family={family!r}; expected one of {FAMILIES}")
+    return importlib.import_module(f"{__name__}.{family}").build(config)
