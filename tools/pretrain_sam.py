@@ -25,7 +25,7 @@ the end, and the same command continues from the latest checkpoint, bit for bit.
 and stops between steps. The end (or --package-only, which trains nothing and packages the
 latest checkpoint) scores box- and point-prompted masks on --eval-split (per-instance IoU, 1
 positive + 1 negative point, one draw) and, with --output, writes a checkpoint that
-resam_jax.model.load_sam loads, its record (command, steps, time, scores) in sam_checkpoint.json.
+resam_jax.models.sam.load_sam loads, its record (command, steps, time, scores) in sam_checkpoint.json.
 """
 
 from __future__ import annotations
@@ -51,16 +51,16 @@ from flax import nnx
 from resam_jax import parallel
 from resam_jax.config import base_config
 from resam_jax.data import pipeline
-from resam_jax.model import (
+from resam_jax.experiments.pretraining import sam_training_loss
+from resam_jax.method.train_state import split_model
+from resam_jax.models.sam import (
     MODEL_TYPES,
     Sam,
     sam_config,
     save_sam_params,
 )
-from resam_jax.pretraining import sam_training_loss
 from resam_jax.run import Evaluator
 from resam_jax.run.checkpoints import TrainCheckpoints
-from resam_jax.train_state import split_model
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_POINTS = 3  # prompts hold 1..3 positive and 0..3 negative points
@@ -96,7 +96,8 @@ def initial_model(config, seed: int) -> tuple[nnx.GraphDef, nnx.State, nnx.State
     """(graphdef, parameters, other variables) of a freshly initialised SAM. The other
     variables (the prompt encoder's random Fourier matrix) are not trained and not
     checkpointed: the seed makes them again on resume."""
-    return nnx.split(Sam(config, rngs=nnx.Rngs(seed)), nnx.Param, ...)
+    model = Sam(config, rngs=nnx.Rngs(seed), pixel_norm=PIXEL_NORM)  # the evaluator's input
+    return nnx.split(model, nnx.Param, ...)
 
 
 def make_optimizer(lr: float, steps: int) -> optax.GradientTransformation:
