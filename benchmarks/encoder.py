@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from resam_jax.model import Sam, sam_config
-from resam_jax.model.architecture import ATTENTION_IMPLEMENTATIONS, SamConfig
+from resam_jax.models.sam import Sam, sam_config
+from resam_jax.models.sam.architecture import ATTENTION_IMPLEMENTATIONS, SamConfig
 
 
 def time_call(fn, repeats: int) -> float:

@@ -4,7 +4,7 @@
     python -m benchmarks.plan --attention reference chunked --remat none blocks
     python -m benchmarks.plan --table          # the README's sweep: ViT-B/L/H x batch 1-8 x remat
 
-Each attention x remat option's train step (benchmarks/train_step.py's: base_config in mode
+Each attention x remat option's train step (benchmarks/jax_step.py's, as the timed benchmarks': base_config in mode
 "resam", LoRA from block 6) is compiled for one device of the current backend on abstract
 inputs (`--batch` images per device, `--instances` instance slots each): no parameter, batch or
 activation is allocated. Printed per option, from XLA's compiled memory analysis: the bytes of
@@ -29,77 +29,30 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
+from pathlib import Path
 
+if not __package__:  # run as a script (python benchmarks/plan.py): benchmarks.* importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.jax_step import (
+    LORA_START_LAYER,
+    LORA_START_LAYERS,
+    abstract_batch,
+    build_jax_step,
+    compiled_analysis,
+    default_lora_start_layer,
+    model_flops,
+)
 from benchmarks.peak_flops import peak_flops
-from benchmarks.train_step import LORA_START_LAYER, JaxStep, abstract_batch, build_jax_step
 from resam_jax.config import base_config
-from resam_jax.model import MODEL_TYPES, sam_config
-from resam_jax.model.architecture import ATTENTION_IMPLEMENTATIONS, REMAT_OPTIONS
+from resam_jax.models.sam import MODEL_TYPES, sam_config
+from resam_jax.models.sam.architecture import ATTENTION_IMPLEMENTATIONS, REMAT_OPTIONS
 from resam_jax.parallel import set_default_xla_flags
 
-# LoRA from this encoder block by default: configs/demo.py's for the tiny SAM,
-# configs/study_nwpu.py's for the small one, base_config's (the public config_nwpu's) otherwise.
-LORA_START_LAYERS = {"tiny": 0, "small": 2}
+__all__ = ["compiled_analysis", "model_flops", "plan"]  # the first two: benchmarks.jax_step's
 GIB = 2**30
 default_model = base_config().model
-
-
-def default_lora_start_layer(model_type: str, lora_start_layer: int | None = None) -> int:
-    """`lora_start_layer` if given, else the configs' choice for `model_type`."""
-    if lora_start_layer is not None:
-        return lora_start_layer
-    return LORA_START_LAYERS.get(model_type, LORA_START_LAYER)
-
-
-def compiled_analysis(jax_step: JaxStep, batch: dict) -> dict:
-    """Compiles `jax_step` for `batch` (shapes only; nothing is allocated or run): XLA's memory
-    analysis in bytes, its cost analysis's FLOPs and the compile seconds."""
-    start = time.perf_counter()
-    compiled = jax_step.step.lower(jax_step.state, jax_step.frozen, batch).compile()
-    compile_s = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    analysis = {
-        "argument_bytes": memory.argument_size_in_bytes,
-        "output_bytes": memory.output_size_in_bytes,
-        "temp_bytes": memory.temp_size_in_bytes,
-        "alias_bytes": memory.alias_size_in_bytes,
-        "code_bytes": memory.generated_code_size_in_bytes,
-        "flops": cost.get("flops", float("nan")),
-        "compile_s": compile_s,
-    }
-    analysis["total_bytes"] = (
-        analysis["argument_bytes"]
-        + analysis["output_bytes"]
-        + analysis["temp_bytes"]
-        - analysis["alias_bytes"]
-    )
-    return analysis
-
-
-def model_flops(
-    model_type: str,
-    image_size: int,
-    instances: int,
-    batch: int,
-    dtype: str = "float32",
-    lora_start_layer: int | None = None,
-) -> float:
-    """FLOPs of one train step as the model needs them: the step with attention "reference"
-    and all instances decoded at once (no loop whose body XLA's cost analysis would count
-    once) and remat "none" (no recomputation), counted by XLA's cost analysis of the lowered
-    program, before XLA's optimisations, so that no compile is needed."""
-    jax_step = build_jax_step(
-        model_type, image_size, "reference", "none", dtype=dtype,
-        lora_start_layer=default_lora_start_layer(model_type, lora_start_layer),
-        instance_chunk_size=0,
-    )  # fmt: skip
-    lowered = jax_step.step.lower(
-        jax_step.state, jax_step.frozen, abstract_batch(image_size, instances, batch)
-    )
-    return lowered.cost_analysis()["flops"]
 
 
 def plan(

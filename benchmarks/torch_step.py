@@ -1,0 +1,232 @@
+"""The PyTorch step the benchmarks compare with, built as the public ReSAM code builds it; used by
+benchmarks/train_step.py (CPU) and benchmarks/device_check.py (the accelerator).
+
+segment-anything's Sam with the public code's LoRA (rank 4 on q and v of the fused qkv of
+blocks >= 6, only LoRA trainable, torch Adam with weight decay 1e-4) and the public code's step:
+the weak view encoded without gradients for Refine, AGAIN without gradients for Requery, the
+strong view with gradients; focal x20 + dice + IoU-MSE + SSA, backward, Adam step. The losses
+are vectorised over instances and every instance keeps its slot (the public code loops in
+Python and drops empty ones), so the baseline does the same work per step whatever the masks.
+
+The model carries segment-anything's random initialisation (torch seed 0) with its mask logits
+multiplied by benchmarks.jax_step.MASK_LOGIT_SCALE, as the resam-jax side's, so that its
+teacher keeps pseudo-labels and the step trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from benchmarks.jax_step import MASK_LOGIT_SCALE
+
+if TYPE_CHECKING:
+    import torch
+
+    from resam_jax.models.sam import SamConfig
+
+LORA_RANK, LORA_START_LAYER = 4, 6
+REFINE_THRESHOLD, FOCAL_ALPHA, FOCAL_GAMMA = 0.3, 0.8, 2.0
+
+
+def torch_sam(config: SamConfig, seed: int = 0) -> torch.nn.Module:
+    """segment-anything's Sam at `config`'s sizes with its own random initialisation (seed):
+    for vit_b/l/h the modules sam_model_registry builds, at any size the same constructors."""
+    import torch
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    torch.manual_seed(seed)
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=config.encoder_depth,
+            embed_dim=config.encoder_embed_dim,
+            img_size=config.image_size,
+            mlp_ratio=config.mlp_ratio,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=config.encoder_num_heads,
+            patch_size=config.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=config.encoder_global_attn_indexes,
+            window_size=config.window_size,
+            out_chans=config.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(config.embed_size, config.embed_size),
+            input_image_size=(config.image_size, config.image_size),
+            mask_in_chans=config.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=config.num_multimask_outputs,
+            transformer=TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=config.prompt_embed_dim,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_num_heads,
+            ),
+            transformer_dim=config.prompt_embed_dim,
+            iou_head_depth=config.iou_head_depth,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
+        ),
+    )
+
+
+def scale_mask_logits_(sam: torch.nn.Module, scale: float = MASK_LOGIT_SCALE) -> torch.nn.Module:
+    """benchmarks.jax_step.scale_mask_logits for segment-anything's Sam, in place."""
+    import torch
+
+    with torch.no_grad():
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(scale)
+            mlp.layers[-1].bias.mul_(scale)
+    return sam
+
+
+def public_train_step(
+    sam: torch.nn.Module,
+    batch: dict[str, np.ndarray],
+    device: str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    lora_start_layer: int = LORA_START_LAYER,
+    epochs: int = 10,
+) -> tuple[Callable[[], None], dict]:
+    """The public code's train step on `sam` (LoRA on blocks >= lora_start_layer added here, in
+    place) for one image of the batch contract: (step, notes), `notes` updated by each step
+    with its loss and valid instances. autocast_dtype (e.g. torch.bfloat16): the forwards under
+    torch.autocast."""
+    import torch
+    import torch.nn.functional as F
+
+    ssa_weight = 4.0 / (1.0 + np.exp(-(1 - (epochs + 1) / 2)))  # beta(epoch 1 of `epochs`)
+
+    class LoRAQkv(torch.nn.Module):
+        """The public code's _LoRA_qkv: low-rank updates added to the q and v thirds of qkv."""
+
+        def __init__(self, qkv: torch.nn.Linear):
+            super().__init__()
+            self.qkv, self.dim = qkv, qkv.in_features
+            self.linear_a_q = torch.nn.Linear(self.dim, LORA_RANK, bias=False)
+            self.linear_b_q = torch.nn.Linear(LORA_RANK, self.dim, bias=False)
+            self.linear_a_v = torch.nn.Linear(self.dim, LORA_RANK, bias=False)
+            self.linear_b_v = torch.nn.Linear(LORA_RANK, self.dim, bias=False)
+            for b in (self.linear_b_q, self.linear_b_v):
+                torch.nn.init.zeros_(b.weight)  # A keeps nn.Linear's kaiming_uniform(a=sqrt(5))
+
+        def forward(self, x):
+            qkv = self.qkv(x)
+            qkv[..., : self.dim] += self.linear_b_q(self.linear_a_q(x))
+            qkv[..., -self.dim :] += self.linear_b_v(self.linear_a_v(x))
+            return qkv
+
+    for p in sam.parameters():
+        p.requires_grad_(False)
+    for block in sam.image_encoder.blocks[lora_start_layer:]:
+        block.attn.qkv = LoRAQkv(block.attn.qkv)
+    sam.to(device).train()
+    trainable = [p for n, p in sam.named_parameters() if "linear_" in n]
+    optimizer = torch.optim.Adam(trainable, lr=5e-4, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / 250)
+    )
+
+    def tensor(key):
+        return torch.from_numpy(batch[key][0]).to(device)
+
+    # The public code feeds [0, 1] RGB, NCHW, straight into the image encoder.
+    weak = tensor("weak_image").permute(2, 0, 1)[None].float().div(255)
+    strong = tensor("strong_image").permute(2, 0, 1)[None].float().div(255)
+    points, labels = tensor("points"), tensor("point_labels")  # [N, 2, 2], [N, 2]
+    instance_valid = tensor("instance_valid")
+    size = weak.shape[-1]
+    autocast = partial(
+        torch.autocast, device_type=device.split(":")[0], dtype=autocast_dtype,
+        enabled=autocast_dtype is not None,
+    )  # fmt: skip
+
+    def decode(embedding, points=None, boxes=None):
+        """The public Model.decode: one mask-decoder call for all instances of the image."""
+        sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
+        low_res, iou = sam.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        logits = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
+        return logits[:, 0].float(), iou[:, 0].float()
+
+    def mask_boxes(masks):
+        columns, rows = masks.any(dim=1), masks.any(dim=2)  # [N, W], [N, H]
+        last = lambda f: f.shape[-1] - 1 - f.flip(-1).int().argmax(-1)  # noqa: E731
+        boxes = torch.stack(
+            [columns.int().argmax(-1), rows.int().argmax(-1), last(columns), last(rows)], -1
+        ).float()
+        return boxes, columns.any(-1)
+
+    def box_features(embedding, boxes, stride=16):
+        """The public get_bbox_feature, one box at a time, L2-normalised."""
+        grid = embedding.shape[-1]
+        features = []
+        for x1, y1, x2, y2 in boxes.tolist():
+            region = embedding[0, :, max(int(y1 / stride), 0) : min(int((y2 + stride - 1) / stride), grid),
+                               max(int(x1 / stride), 0) : min(int((x2 + stride - 1) / stride), grid)]  # fmt: skip
+            features.append((region if region.numel() else embedding[0]).mean(dim=(1, 2)))
+        return F.normalize(torch.stack(features).float(), dim=1)
+
+    def masked_mean(values, valid):
+        return torch.where(valid, values, 0).sum() / valid.sum().clamp(min=1)
+
+    notes: dict = {}
+
+    def train_step():
+        with torch.no_grad(), autocast():
+            # Refine: point prompts on the weak view, entropy filter, overlap removal.
+            logits, _ = decode(sam.image_encoder(weak), points=(points, labels))
+            p = torch.sigmoid(logits).clamp(1e-6, 1 - 1e-6)
+            entropy = -(p * torch.log(p) + (1 - p) * torch.log1p(-p))
+            confident = (p * (1 - entropy) > REFINE_THRESHOLD) & instance_valid[:, None, None]
+            refined = confident & ~(confident.sum(0) > 1)
+            boxes, nonempty = mask_boxes(refined)
+            valid = instance_valid & nonempty
+            # Requery: the public code encodes the weak view a second time.
+            weak_embedding = sam.image_encoder(weak)
+            targets = (decode(weak_embedding, boxes=boxes)[0] > 0).float()
+            weak_features = box_features(weak_embedding, boxes)
+        # Student on the strong view, gradients through LoRA.
+        with autocast():
+            embedding = sam.image_encoder(strong)
+            logits, iou_predictions = decode(embedding, points=(points, labels))
+        bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        focal = (FOCAL_ALPHA * (1 - torch.exp(-bce)) ** FOCAL_GAMMA * bce).mean(dim=(1, 2))
+        probs = torch.sigmoid(logits)
+        dice = 1 - (2 * (probs * targets).sum((1, 2)) + 1) / (
+            probs.sum((1, 2)) + targets.sum((1, 2)) + 1
+        )
+        with torch.no_grad():
+            predicted = logits >= 0
+            actual_iou = (predicted & (targets > 0)).sum((1, 2)) / (
+                (predicted | (targets > 0)).sum((1, 2)) + 1e-7
+            )
+        iou_loss = (iou_predictions - actual_iou) ** 2
+        strong_features = box_features(embedding, boxes)
+        ssa = (1 - (strong_features * weak_features).sum(1)).mean()
+        loss = (20 * masked_mean(focal, valid) + masked_mean(dice, valid)
+                + masked_mean(iou_loss, valid) + ssa_weight * ssa)  # fmt: skip
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        notes.update(loss=loss.item(), valid_instances=int(valid.sum()))
+
+    return train_step, notes

@@ -1,0 +1,65 @@
+"""The benchmarks time steps that TRAIN (issue 18): the random-weight model of the train-step
+benchmarks (benchmarks/jax_step.py, benchmarks/torch_step.py: mask logits scaled by
+MASK_LOGIT_SCALE) keeps pseudo-labels, so the resam-jax step is not skipped and both steps
+learn from valid instances. Without the scale every teacher mask is empty and the resam-jax
+step is skipped: a benchmark that would time such a step fails here.
+"""
+
+import numpy as np
+import pytest
+
+from benchmarks.jax_step import (
+    StepDoesNotTrain,
+    assert_trains,
+    build_jax_step,
+    concrete_state,
+    synthetic_batch,
+)
+from benchmarks.torch_step import public_train_step, scale_mask_logits_, torch_sam
+from resam_jax.models.sam import sam_config
+
+
+def jax_metrics(model_type: str, image_size: int, instances: int, lora_start_layer: int) -> dict:
+    jax_step = build_jax_step(
+        model_type, image_size, "chunked", "blocks", lora_start_layer=lora_start_layer
+    )
+    state, frozen = concrete_state(jax_step)
+    state, metrics = jax_step.step(state, frozen, synthetic_batch(image_size, instances))
+    return {key: float(value) for key, value in metrics.items() if np.ndim(value) == 0}
+
+
+def torch_notes(model_type: str, instances: int, lora_start_layer: int) -> dict:
+    config = sam_config(model_type)
+    sam = scale_mask_logits_(torch_sam(config))
+    step, notes = public_train_step(
+        sam, synthetic_batch(config.image_size, instances), lora_start_layer=lora_start_layer
+    )
+    step()
+    return notes
+
+
+@pytest.mark.parametrize("instances", [8, 50])
+def test_the_tiny_benchmark_steps_train(instances):
+    metrics = jax_metrics("tiny", 256, instances, lora_start_layer=0)
+    assert_trains(metrics, "resam-jax")
+    assert metrics["skipped"] == 0 and metrics["valid_instances"] >= instances // 2, metrics
+    assert np.isfinite(metrics["loss"])
+    notes = torch_notes("tiny", instances, lora_start_layer=0)
+    assert_trains(notes, "PyTorch")
+    assert np.isfinite(notes["loss"])
+
+
+def test_a_step_without_pseudo_labels_is_refused():
+    with pytest.raises(StepDoesNotTrain, match="valid_instances=0"):
+        assert_trains({"valid_instances": 0.0, "skipped": 1.0}, "resam-jax")
+    with pytest.raises(StepDoesNotTrain, match="skipped=True"):
+        assert_trains({"valid_instances": 3.0, "skipped": 1.0}, "resam-jax")
+    assert_trains({"valid_instances": 3}, "PyTorch")  # the PyTorch step reports no `skipped`
+
+
+@pytest.mark.slow
+def test_the_vit_b_benchmark_steps_train_at_1024():
+    """What benchmarks/train_step.py and device_check.py time: ViT-B at 1024, 8 instances."""
+    metrics = jax_metrics("vit_b", 1024, 8, lora_start_layer=6)
+    assert_trains(metrics, "resam-jax")
+    assert_trains(torch_notes("vit_b", 8, lora_start_layer=6), "PyTorch")
