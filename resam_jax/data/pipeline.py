@@ -15,7 +15,7 @@ of hosts, workers or the batch size.
 Evaluation runs one pass; its last batch is filled with empty samples (image_id -1, no
 valid instance) so shapes stay static and every host runs the same number of steps. The
 chunks of one image share its image_id: per-image metrics sum over them.
-Pixel normalisation is left to the device (see resam_jax.model.normalize_pixels).
+Pixel normalisation is left to the device (see resam_jax.models.Backbone.encode_pixels).
 
 With `tile_size` > 0 the unit of sampling is a native-resolution tile (resam_jax.data.tiles)
 instead of an image: rows index the split's tiles, chunked the same way; hosts still own whole
