@@ -7,7 +7,7 @@ from flax import nnx
 
 from resam_jax.method.train_state import split_model
 from resam_jax.models.sam import Sam, load_sam, sam_config
-from resam_jax.run.checkpoints import export_merged_sam, merged_sam_params
+from resam_jax.models.sam.checkpoint import export_merged_sam, merged_sam_params
 
 
 def test_merged_checkpoint_equals_lora_model(tmp_path):

@@ -12,7 +12,8 @@ from segment_anything import SamPredictor as TorchPredictor
 from resam_jax.inference.predictor import SamPredictor
 from resam_jax.method.train_state import split_model
 from resam_jax.models.sam import load_sam, sam_config
-from resam_jax.run.checkpoints import export_lora, export_merged_sam
+from resam_jax.models.sam.checkpoint import export_merged_sam
+from resam_jax.run.checkpoints import export_lora
 from weights_convert.convert_sam import main as convert_main
 from weights_convert.export_sam import main as export_main
 

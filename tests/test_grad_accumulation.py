@@ -18,8 +18,8 @@ import pytest
 from test_train_step import IMAGE_SIZE, make_batch, make_config, make_model, train_step_of
 from tolerances import reordered_sum_rtol, squared_error_atol
 
+from resam_jax.method.instances import split_micro_batches
 from resam_jax.method.train_state import create_train_state, split_model
-from resam_jax.method.train_step import split_micro_batches
 
 LOSS_TERMS = ("loss", "focal", "dice", "iou")
 # The widest float32 reduction in the tiny step: a mask's pixels (the focal and dice sums, the

@@ -17,8 +17,8 @@ from test_batch_scaling import crowded_batch
 from test_grad_accumulation import assert_close_trees, assert_same_step_metrics, one_update
 from test_train_step import make_batch, make_config, make_model, train_step_of
 
+from resam_jax.method.instances import in_instance_chunks
 from resam_jax.method.train_state import create_train_state, split_model
-from resam_jax.method.train_step import in_instance_chunks
 
 METRICS = (
     "loss", "focal", "dice", "iou", "ssa", "grad_norm", "valid_instances", "teacher_point_iou",

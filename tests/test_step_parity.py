@@ -66,9 +66,10 @@ from sam_reference import attach_lora, demo_sam, public_forward, torch_twin
 
 from resam_jax.config import base_config
 from resam_jax.method.losses import segmentation_losses
+from resam_jax.method.pseudo_labels import teacher_pseudo_labels
 from resam_jax.method.refine import refine_masks
 from resam_jax.method.train_state import create_train_state, split_model
-from resam_jax.method.train_step import make_train_step, teacher_pseudo_labels
+from resam_jax.method.train_step import make_train_step
 from resam_jax.models.sam import decode_masks, normalize_pixels
 
 IMAGE_SIZE = 128

@@ -1,38 +1,11 @@
-"""One ReSAM train step (docs/method.md section 4) as a pure function for the caller to jit.
+"""One ReSAM train step (docs/method.md section 4) as a pure function for the caller to jit:
 
     step = jax.jit(make_train_step(graphdef, config, steps_per_epoch), donate_argnums=0)
     state, metrics = step(state, frozen, batch)
 
-Mode "resam": the teacher (EMA of the student's LoRA) encodes the weak view once; Refine and
-Requery both decode from that embedding to make box-prompted pseudo-labels (pseudo_labels.py);
-the student encodes the strong view and decodes with the original points; the loss is
-    focal_weight * focal + dice_weight * dice + iou_weight * IoU-MSE + beta(epoch) * SSA
-over the instances that survive Requery. Mode "supervised": the student learns the GT masks on
-the weak view with the same losses, without teacher or SSA. Mode "direct" does not train.
-
-Instance chunks (train.instance_chunk_size = k > 0): the mask decoder repeats the image
-embedding for every instance and upsamples every mask to the input frame, so with many
-instances per image its activations, not the encoder's, fill memory. The teacher's decodes and
-the student's decode-and-loss run k instance slots at a time (instances.in_instance_chunks),
-the student's recomputed in the backward pass: the same numbers, k instances alive at a time.
-
-A step whose loss is not finite, exceeds outlier_factor x the mean of the loss window
-(train_state.LossWindow, method.outlier_rule), or has no valid instance is skipped inside the
-jitted function (apply_or_skip): parameters, optimiser state, teacher and queues stay as they
-were; only `step` advances, and the loss window as its rule says.
-
-Gradient accumulation (train.grad_accum_steps = k > 1): the batch is cut into k micro-batches
-(instances.split_micro_batches) that a jax.lax.scan runs in turn, each with its own teacher
-pass, student pass and gradient, before ONE optimiser update; only one micro-batch's
-activations are alive at a time. The SSA queues take each micro-batch's features in turn (a
-micro-batch's SSA loss sees the queue after its own push, so its gradient flows through its own
-features only). Each micro-batch m counts by its valid instances n_m: the update's loss is
-    L = sum_m n_m L_m / sum_m n_m
-(so the focal, dice and IoU terms, means over valid instances, are exactly those of one step on
-the whole batch; the SSA term is the n_m-weighted mean of the micro-batches' SSA terms), the
-gradient is that of L, and the outlier rule sees L once per update. The teacher, the SSA weight
-and the loss window change once per update. The pseudo-label diagnostics are means over the
-micro-batches.
+train_step = micro_step per (micro-)batch (the teacher's pseudo-labels, student_losses, SSA)
++ apply_or_skip. Mode "resam" trains on the teacher's Requery masks, "supervised" on the GT
+masks without teacher or SSA; "direct" does not train.
 """
 
 from __future__ import annotations
@@ -50,23 +23,10 @@ from resam_jax.method.instances import in_instance_chunks, split_micro_batches
 from resam_jax.method.losses import instance_losses, masked_mean
 from resam_jax.method.metrics import masked_mean_iou
 from resam_jax.method.optim import learning_rate_schedule, make_optimizer, updates_applied
-from resam_jax.method.pseudo_labels import PseudoLabels, teacher_pseudo_labels
+from resam_jax.method.pseudo_labels import teacher_pseudo_labels
 from resam_jax.method.reinforce import FeatureQueues, reinforce, ssa_weight
 from resam_jax.method.train_state import TRAIN_MODES, TrainState, ema_update
 from resam_jax.models import Embedding
-
-# Names of the modules that moved out of this one, for callers that import them from here.
-__all__ = [
-    "PseudoLabels",
-    "apply_or_skip",
-    "in_instance_chunks",
-    "make_train_step",
-    "micro_step",
-    "split_micro_batches",
-    "student_losses",
-    "teacher_pseudo_labels",
-    "train_step",
-]
 
 Batch = Mapping[str, jax.Array]
 TrainStep = Callable[[TrainState, nnx.State, Batch], tuple[TrainState, dict[str, jax.Array]]]
@@ -118,7 +78,16 @@ def micro_step(
     batch: Batch,
 ) -> tuple[FeatureQueues | None, nnx.State, dict[str, jax.Array]]:
     """Loss and LoRA gradient of one (micro-)batch: (queues after it, gradient of
-    weight * loss, its metrics with that weight: its valid instances when accumulating, else 1)."""
+    weight * loss, its metrics with that weight: its valid instances when accumulating, else 1).
+
+    Mode "resam": the teacher (EMA of the student's LoRA) encodes the weak view once, Refine and
+    Requery both decode from that embedding (teacher_pseudo_labels); the student encodes the
+    strong view and decodes with the original points; the loss is
+        focal_weight * focal + dice_weight * dice + iou_weight * IoU-MSE + beta(epoch) * SSA
+    over the instances that survive Requery. Mode "supervised": the GT masks on the weak view,
+    the same losses, no teacher or SSA. The teacher's decodes and the student's decode-and-loss
+    run train.instance_chunk_size instance slots at a time (instances.in_instance_chunks).
+    """
     method = config.method
     resam = method.mode == "resam"
     instance_chunk = config.train.instance_chunk_size
@@ -192,9 +161,12 @@ def apply_or_skip(
     optimizer: optax.GradientTransformation,
     method: ml_collections.ConfigDict,
 ) -> tuple[TrainState, nnx.State, jax.Array]:
-    """The optimiser update, the teacher's EMA and the new queues, unless the loss is an
-    outlier (train_state.LossWindow) or no instance is valid: (the state after the step, the
-    updates as computed, whether the step was skipped). `step` advances either way."""
+    """The optimiser update, the teacher's EMA and the new queues, unless the loss is not
+    finite, exceeds outlier_factor x the mean of the loss window (train_state.LossWindow,
+    method.outlier_rule) or no instance is valid: then parameters, optimiser state, teacher and
+    queues stay as they were. `step` advances either way, the loss window as its rule says.
+    Returns (the state after the step, the updates as computed, whether the step was skipped).
+    """
     outlier, loss_window = state.loss_window.check(loss, method.outlier_factor, method.outlier_rule)
     skipped = outlier | (num_valid == 0)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.lora)
@@ -228,7 +200,19 @@ def train_step(
     steps_per_epoch: int,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update: micro_step over the batch (or over its micro-batches in a scan), the
-    weighted mean of their gradients, apply_or_skip; returns the state and the step's metrics."""
+    weighted mean of their gradients, apply_or_skip; returns the state and the step's metrics.
+
+    Gradient accumulation (train.grad_accum_steps = k > 1): the batch is cut into k
+    micro-batches (instances.split_micro_batches) that a jax.lax.scan runs in turn, each with its
+    own teacher pass, student pass and gradient, before ONE optimiser update. The SSA queues take
+    each micro-batch's features in turn (a micro-batch's SSA loss sees the queue after its own
+    push). Micro-batch m counts by its valid instances n_m: the update's loss is
+        L = sum_m n_m L_m / sum_m n_m
+    (the focal, dice and IoU terms are exactly those of one step on the whole batch; the SSA
+    term is the n_m-weighted mean of the micro-batches'), the gradient is that of L, and the
+    outlier rule sees L once per update. The pseudo-label diagnostics are means over the
+    micro-batches.
+    """
     method = config.method
     step_of = functools.partial(micro_step, graphdef, config, steps_per_epoch, state)
     micro_batches = config.train.grad_accum_steps

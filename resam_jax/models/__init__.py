@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import jax
@@ -52,10 +53,22 @@ class ModelError(Exception):
     message says what to do."""
 
 
-def build(config: ml_collections.ConfigDict) -> Backbone:
-    """The backbone of config.model with its LoRA, for config.data.image_size inputs: the
-    family's `build` (a converted checkpoint, or random weights)."""
+def _family(config: ml_collections.ConfigDict):
     family = config.model.get("family", "sam")
     if family not in FAMILIES:
         raise ModelError(f"config.model.family={family!r}; expected one of {FAMILIES}")
-    return importlib.import_module(f"{__name__}.{family}").build(config)
+    return importlib.import_module(f"{__name__}.{family}")
+
+
+def build(config: ml_collections.ConfigDict) -> Backbone:
+    """The backbone of config.model with its LoRA, for config.data.image_size inputs: the
+    family's `build` (a converted checkpoint, or random weights)."""
+    return _family(config).build(config)
+
+
+def export_merged(
+    config: ml_collections.ConfigDict, model: Backbone, directory: str | Path, source: Mapping
+) -> None:
+    """`model` with its LoRA folded in, as a checkpoint of its family that `build` loads
+    (config.model.checkpoint) and the prediction commands read; `source` goes to its header."""
+    _family(config).export_merged(model, directory, source)

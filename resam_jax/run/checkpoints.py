@@ -3,13 +3,13 @@
 WORKDIR/checkpoints/<step>/state    the TrainState (LoRA, optimiser, teacher, SSA queues, ...)
 WORKDIR/checkpoints/<step>/data     each host's input-pipeline position (grain)
 WORKDIR/export/lora/                the trained LoRA parameters alone (orbax tree)
-WORKDIR/export/sam_merged/          a plain SAM checkpoint with LoRA folded into qkv,
-                                    loadable by `python -m resam_jax.predict --checkpoint`
+WORKDIR/export/sam_merged/          the model with LoRA folded in, a plain checkpoint of its
+                                    family (resam_jax.models.export_merged), loadable by
+                                    `python -m resam_jax.predict --checkpoint`
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import threading
@@ -19,13 +19,9 @@ from typing import Any
 import grain
 import grain.checkpoint
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
-
-from resam_jax.models.sam import SamConfig, save_sam_params
-from resam_jax.models.sam.checkpoint import fold_lora
 
 
 class TrainCheckpoints:
@@ -101,29 +97,8 @@ class PreemptionWatch:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _flat_values(state: nnx.State) -> dict[tuple, np.ndarray]:
-    return {path: np.asarray(jax.device_get(v.get_value())) for path, v in nnx.to_flat_state(state)}
-
-
-def merged_sam_params(lora: nnx.State, frozen: nnx.State) -> dict[tuple, np.ndarray]:
-    """SAM's parameters with each block's LoRA folded into its fused qkv projection."""
-    return fold_lora(_flat_values(frozen), _flat_values(lora))
-
-
 def export_lora(directory: str | Path, lora: nnx.State) -> None:
     """The LoRA parameters alone, as a nested orbax tree (block paths as in the model)."""
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(Path(directory).resolve(), jax.device_get(nnx.to_pure_dict(lora)), force=True)
     checkpointer.wait_until_finished()
-
-
-def export_merged_sam(
-    directory: str | Path, lora: nnx.State, frozen: nnx.State, config: SamConfig, source: dict
-) -> None:
-    """A plain SAM checkpoint (no LoRA) equal to the adapted model."""
-    save_sam_params(
-        directory,
-        merged_sam_params(lora, frozen),
-        dataclasses.replace(config, lora_start_layer=None),
-        source,
-    )

@@ -22,12 +22,11 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from resam_jax import parallel
+from resam_jax import models, parallel
 from resam_jax.config import base_config
 from resam_jax.data import pipeline
 from resam_jax.method.train_state import create_train_state, split_model
 from resam_jax.method.train_step import make_train_step
-from resam_jax.models.sam import SamConfig
 from resam_jax.run import checkpoints as checkpointing
 from resam_jax.run import reporting
 from resam_jax.run.evaluator import Evaluator
@@ -139,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     state = parallel.replicate(create_train_state(initial_lora, model.feature_dim, config), mesh)
     state, diagnostic_rows, preempted = _train(run, state, data_config, checkpoints, resume_step)
     if not preempted:
-        _export(run, state, model.config)
+        _export(run, state)
     # The tables cover the whole run, a resumed run's earlier rows included (from the log).
     diagnostic_rows = writer.rows("pseudo_labels") or diagnostic_rows
     rows = writer.rows("eval") or run.rows
@@ -249,7 +248,7 @@ def _train(run: _Run, state, data_config, checkpoints, resume_step: int | None):
     return state, diagnostic_rows, preempted
 
 
-def _export(run: _Run, state, sam: SamConfig) -> None:
+def _export(run: _Run, state) -> None:
     """WORKDIR/export/lora (the LoRA alone) and export/sam_merged (SAM with it folded in)."""
     config = run.config
     # The pixel input the weights were adapted to: what predict and export_sam read.
@@ -260,5 +259,6 @@ def _export(run: _Run, state, sam: SamConfig) -> None:
     }
     export = run.workdir / "export"
     checkpointing.export_lora(export / "lora", state.lora)
-    checkpointing.export_merged_sam(export / "sam_merged", state.lora, run.frozen, sam, source)
+    adapted = nnx.merge(run.graphdef, state.lora, run.frozen)
+    models.export_merged(config, adapted, export / "sam_merged", source)
     logging.info("exported %s and %s", export / "lora", export / "sam_merged")

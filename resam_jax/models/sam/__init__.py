@@ -5,6 +5,7 @@ from resam_jax.models.sam.architecture import MODEL_TYPES, SamConfig, sam_config
 from resam_jax.models.sam.build import build
 from resam_jax.models.sam.checkpoint import (
     CheckpointError,
+    export_merged,
     load_sam,
     load_sam_params,
     save_sam_params,
@@ -26,6 +27,7 @@ __all__ = [
     "CheckpointMismatchError",
     "Sam",
     "build",
+    "export_merged",
     "SamConfig",
     "decode_masks",
     "load_sam",

@@ -218,3 +218,31 @@ def fold_lora(
             kernel[:, columns] += delta.astype(kernel.dtype)
         params[kernel_path] = kernel
     return params
+
+
+def _flat_values(state: nnx.State) -> dict[tuple, np.ndarray]:
+    return {path: np.asarray(jax.device_get(v.get_value())) for path, v in nnx.to_flat_state(state)}
+
+
+def merged_sam_params(lora: nnx.State, frozen: nnx.State) -> dict[tuple, np.ndarray]:
+    """SAM's parameters with each block's LoRA folded into its fused qkv projection."""
+    return fold_lora(_flat_values(frozen), _flat_values(lora))
+
+
+def export_merged_sam(
+    directory: str | Path, lora: nnx.State, frozen: nnx.State, config: SamConfig, source: dict
+) -> None:
+    """A plain SAM checkpoint (no LoRA) equal to the adapted model."""
+    save_sam_params(
+        directory,
+        merged_sam_params(lora, frozen),
+        dataclasses.replace(config, lora_start_layer=None),
+        source,
+    )
+
+
+def export_merged(model: Sam, directory: str | Path, source: Mapping) -> None:
+    """`model` with its LoRA folded in, as a converted checkpoint that load_sam reads;
+    `source` goes to the header (what it was adapted from, its pixel input)."""
+    _, lora, frozen = nnx.split(model, nnx.LoRAParam, ...)
+    export_merged_sam(directory, lora, frozen, model.config, dict(source))
