@@ -23,10 +23,10 @@ LORA = nnx.LoRAParam
 # The families `build` knows, each the name of its folder (config.model.family, default "sam").
 FAMILIES = ("sam",)
 
-Embedding = Any  # a family's image embedding: an opaque pytree the method only passes around
-Prompts = Mapping[
-    str, jax.Array
-]  # {"points" [B, N, P, 2], "point_labels" [B, N, P]} | {"boxes" [B, N, 4]}
+# A family's image embedding: an opaque pytree the method only passes around.
+Embedding = Any
+# One decode's prompts: {"points" [B, N, P, 2], "point_labels" [B, N, P]} or {"boxes" [B, N, 4]}.
+Prompts = Mapping[str, jax.Array]
 
 
 class Backbone(Protocol):
