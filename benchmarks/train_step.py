@@ -248,7 +248,7 @@ def print_table(args: argparse.Namespace, results: list[dict]) -> None:
     for r in results:
         if "model_flops" in r:
             print(f"  {r['name']}: MFU {r['model_flops'] / median(r, 'wall') / r['peak_flops']:.1%} "
-                  f"= {r['model_flops'] / 1e12:.3g} TFLOP per step (model FLOPs, benchmarks/plan.py) "
+                  f"= {r['model_flops'] / 1e12:.3g} TFLOP per step (model FLOPs, benchmarks/jax_step.py) "
                   f"/ {median(r, 'wall'):.2f} s / peak {r['peak_flops'] / 1e12:.3g} TFLOP/s "
                   f"({r['peak_source']})")  # fmt: skip
     for r in results:
