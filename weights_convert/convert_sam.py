@@ -1,6 +1,8 @@
-"""Convert Meta's SAM checkpoint (sam_vit_{b,l,h}_*.pth) to a resam-jax checkpoint directory.
+"""Convert Meta's SAM checkpoint (sam_vit_{b,l,h}_*.pth), or transformers' (a model.safetensors
+or the folder `save_pretrained` wrote), to a resam-jax checkpoint directory.
 
     python -m weights_convert.convert_sam --checkpoint sam_vit_b_01ec64.pth --output weights/sam_vit_b
+    python -m weights_convert.convert_sam --checkpoint sam-vit-base/ --output weights/sam_vit_b
 
 The model type is read from the tensor shapes (`--model-type auto`, the
 default); naming one makes the converter check it. Converting into a directory
@@ -29,6 +31,7 @@ from resam_jax.models.sam.params import (
     detect_model_type,
     torch_to_flax,
 )
+from weights_convert import hf_names
 
 
 class ConversionError(Exception):
@@ -69,10 +72,53 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy() for k, v in loaded.items()}
 
 
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a .safetensors file as float32 numpy arrays (no torch needed)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        loaded = load_file(path)
+    except (SafetensorError, OSError, TypeError, ValueError) as e:
+        raise ConversionError(
+            f"cannot read {path} as a safetensors file (truncated download?): {e}"
+        ) from None
+    return {k: v.astype(np.float32) for k, v in loaded.items()}
+
+
+def weights_file(checkpoint: Path) -> Path:
+    """The file holding the tensors: `checkpoint` itself, or the model.safetensors of a folder
+    written by transformers' `save_pretrained`."""
+    if not checkpoint.is_dir():
+        if not checkpoint.is_file():
+            raise ConversionError(f"checkpoint file {checkpoint} does not exist")
+        return checkpoint
+    if (checkpoint / "model.safetensors").is_file():
+        return checkpoint / "model.safetensors"
+    raise ConversionError(
+        f"{checkpoint} is a folder without model.safetensors; expected a folder written by "
+        "transformers' save_pretrained (config.json + model.safetensors) or a checkpoint file"
+    )
+
+
+def read_sam_state_dict(weights: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Meta's state_dict from a .pth or .safetensors file holding Meta's or transformers' names,
+    and the keys that are neither."""
+    if weights.suffix == ".safetensors":
+        state_dict = read_safetensors(weights)
+    else:
+        state_dict = read_state_dict(weights)
+    if hf_names.is_transformers_sam(state_dict):
+        return hf_names.to_meta_names(state_dict)
+    return state_dict, []
+
+
 def convert(checkpoint: Path, output: Path, model_type: str = "auto") -> str:
     """Convert `checkpoint` into `output`; returns a one-line summary."""
-    state_dict = read_state_dict(checkpoint)
+    weights = weights_file(checkpoint)
+    state_dict, not_sam = read_sam_state_dict(weights)
     params, unmapped = torch_to_flax(state_dict)
+    unmapped = not_sam + unmapped
     detected = detect_model_type(params)
     if model_type == "auto":
         if detected is None:
@@ -94,7 +140,7 @@ def convert(checkpoint: Path, output: Path, model_type: str = "auto") -> str:
     except CheckpointMismatchError as e:
         raise ConversionError(str(e)) from None
 
-    source = {"path": str(checkpoint), "sha256": sha256(checkpoint)}
+    source = {"path": str(weights), "sha256": sha256(weights)}
     if output.exists() and any(output.iterdir()):
         try:
             header = read_header(output)
@@ -145,9 +191,15 @@ def run_cli(job: Callable[[], str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m weights_convert.convert_sam",
-        description="Convert Meta's SAM .pth checkpoint to a resam-jax (orbax) checkpoint directory.",
+        description="Convert Meta's SAM .pth checkpoint, or transformers' SamModel checkpoint, "
+        "to a resam-jax (orbax) checkpoint directory.",
     )
-    parser.add_argument("--checkpoint", required=True, type=Path, help="sam_vit_{b,l,h}_*.pth")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="sam_vit_{b,l,h}_*.pth, a transformers model.safetensors, or a save_pretrained folder",
+    )
     parser.add_argument("--output", required=True, type=Path, help="checkpoint directory to create")
     add_model_type_flag(parser, "SAM size; 'auto' (default) reads it from the tensor shapes")
     args = parser.parse_args(argv)
