@@ -2,7 +2,8 @@
 COCO-style instance dataset.
 
 Each builder is a table of where the published release keeps its files (a `LayoutConfig`);
-reading, validation and writing are one code path (`CocoLayoutBuilder` + `coco.read_split`).
+reading, validation and writing are one code path (`CocoLayoutBuilder` + `coco.read_split`, or
+`rasters.read_label_rasters` for a release of label rasters).
 
 Every split is validated completely before anything is written, so a broken file fails
 the build up front instead of half-way. Records are written in generation order
@@ -25,6 +26,7 @@ import PIL.Image
 import tensorflow_datasets as tfds
 
 from resam_jax.data.coco import DataError, SplitContents, read_split
+from resam_jax.data.rasters import raster_files, read_label_rasters
 
 DATA_VERSION = "1.0.0"
 
@@ -41,11 +43,22 @@ class SplitLayout:
     excluded_image_ids: tuple[int, ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class RasterSplitLayout:
+    """Where one split of a label-raster release lives: image tiles and same-named 0/255 label
+    tiles (relative to the dataset root)."""
+
+    image_dir: str
+    label_dir: str
+
+
 @dataclasses.dataclass(eq=False)
 class LayoutConfig(tfds.core.BuilderConfig):
     # Name of the release's top folder ("NWPU"): the manual dir may be that folder or its parent.
     root_name: str = ""
     splits: Mapping[str, SplitLayout] = dataclasses.field(default_factory=dict)
+    # The same release as label rasters, read when the folder holds no annotation file.
+    raster_splits: Mapping[str, RasterSplitLayout] = dataclasses.field(default_factory=dict)
 
 
 def _features() -> tfds.features.FeaturesDict:
@@ -137,12 +150,27 @@ def _encoded_rgb(path: Path) -> bytes:
 
 def dataset_root(config: LayoutConfig, manual_dir: Path, display_name: str) -> Path:
     """The folder holding the layout: `manual_dir` itself or its `root_name` child."""
+    return find_layout(config, manual_dir, display_name)[0]
+
+
+def find_layout(config: LayoutConfig, manual_dir: Path, display_name: str) -> tuple[Path, bool]:
+    """(the folder holding the layout, whether it holds label rasters): annotation files are
+    looked for first, then the label folder of the first raster split."""
     first = next(iter(config.splits.values()))
     candidates = [manual_dir] + ([manual_dir / config.root_name] if config.root_name else [])
     for root in candidates:
         if any((root / f).is_file() for f in first.annotation_files):
-            return root
+            return root, False
+    first_raster = next(iter(config.raster_splits.values()), None)
+    for root in candidates if first_raster else ():
+        if (root / first_raster.label_dir).is_dir():
+            return root, True
     expected = " or ".join(str(root / first.annotation_files[0]) for root in candidates)
+    if first_raster:
+        expected += ", or label rasters in " + " or ".join(
+            f"{root / first_raster.image_dir}/*.tif and {root / first_raster.label_dir}/*.tif"
+            for root in candidates
+        )
     if not manual_dir.is_dir():
         raise DataError(
             f"manual dir {manual_dir} does not exist; it should hold the {display_name} release: {expected}"
@@ -156,13 +184,22 @@ def read_layout(
     config: LayoutConfig, manual_dir: Path, display_name: str
 ) -> dict[str, SplitContents]:
     """Validates every split of the layout; raises `DataError` before anything is written."""
-    root = dataset_root(config, manual_dir, display_name)
-    located = {split: _locate_split(root, split, layout) for split, layout in config.splits.items()}
+    root, rasters = find_layout(config, manual_dir, display_name)
     contents = {}
-    for split, (annotation_file, image_dir) in located.items():
-        contents[split] = read_split(
-            annotation_file, image_dir, excluded_image_ids=config.splits[split].excluded_image_ids
-        )
+    if rasters:
+        located = {
+            split: _locate_rasters(root, split, r) for split, r in config.raster_splits.items()
+        }
+        for split, (image_dir, label_dir) in located.items():
+            contents[split] = read_label_rasters(image_dir, label_dir)
+    else:
+        located = {split: _locate_split(root, split, s) for split, s in config.splits.items()}
+        for split, (annotation_file, image_dir) in located.items():
+            contents[split] = read_split(
+                annotation_file,
+                image_dir,
+                excluded_image_ids=config.splits[split].excluded_image_ids,
+            )
     for split, c in contents.items():
         if not c.images:
             reasons = c.summary()["skipped"]["by_reason"]
@@ -179,17 +216,26 @@ def source_fingerprint(
 ) -> dict[str, dict[str, str]]:
     """What a build reads, per split: the annotation file (path and SHA-256) and the image
     folder (path and a SHA-256 of its file names and byte sizes). Another annotation file, an
-    edited one, or images added, removed or replaced by a file of another size change it."""
-    root = dataset_root(config, manual_dir, display_name)
+    edited one, or images added, removed or replaced by a file of another size change it.
+    For label rasters the label folder stands for the annotation file, its SHA-256 taken over
+    the label files' names and contents."""
+    root, rasters = find_layout(config, manual_dir, display_name)
     fingerprint = {}
-    for split, layout in config.splits.items():
-        annotation, image_dir = _locate_split(root, split, layout)
+    for split in config.raster_splits if rasters else config.splits:
+        if rasters:
+            image_dir, annotation = _locate_rasters(root, split, config.raster_splits[split])
+            annotation_sha256 = hashlib.sha256()
+            for path in raster_files(annotation):
+                annotation_sha256.update(f"{path.name}\0".encode() + path.read_bytes())
+        else:
+            annotation, image_dir = _locate_split(root, split, config.splits[split])
+            annotation_sha256 = hashlib.sha256(annotation.read_bytes())
         listing = hashlib.sha256()
         for path in sorted(p for p in image_dir.rglob("*") if p.is_file()):
             listing.update(f"{path.relative_to(image_dir)}\0{path.stat().st_size}\n".encode())
         fingerprint[split] = {
             "annotation_file": str(annotation.resolve()),
-            "annotation_sha256": hashlib.sha256(annotation.read_bytes()).hexdigest(),
+            "annotation_sha256": annotation_sha256.hexdigest(),
             "image_dir": str(image_dir.resolve()),
             "image_listing_sha256": listing.hexdigest(),
         }
@@ -210,6 +256,17 @@ def _locate_split(root: Path, split: str, layout: SplitLayout) -> tuple[Path, Pa
             f"split '{split}': expected the image folder {tried}, but it does not exist"
         )
     return annotation, image_dir
+
+
+def _locate_rasters(root: Path, split: str, layout: RasterSplitLayout) -> tuple[Path, Path]:
+    image_dir, label_dir = root / layout.image_dir, root / layout.label_dir
+    for kind, folder in (("image", image_dir), ("label", label_dir)):
+        if not folder.is_dir():
+            raise DataError(
+                f"split '{split}': expected the {kind} folder {folder} of the label-raster "
+                "layout, but it does not exist"
+            )
+    return image_dir, label_dir
 
 
 class NwpuVhr10(CocoLayoutBuilder):
@@ -233,12 +290,15 @@ class NwpuVhr10(CocoLayoutBuilder):
 
 
 class WhuBuilding(CocoLayoutBuilder):
-    """WHU aerial building tiles (512x512); tiles without buildings are skipped."""
+    """WHU aerial building tiles (512x512); tiles without buildings are skipped. The official
+    release (label rasters) or the COCO JSON of the public code."""
 
     DISPLAY_NAME = "WHU building"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Point the manual dir at WHU/ (or its parent) holding annotations/WHU_building_{train,val,test}.json "
-        "and images/{train,val,test}/image/<file_name> ({train,val,test}/image/ is accepted too)."
+        "Point the manual dir at WHU/ (or its parent) holding the official release, "
+        "{train,val,test}/image/*.tif with {train,val,test}/label/*.tif (0/255), or the public "
+        "code's annotations/WHU_building_{train,val,test}.json with images/{train,val,test}/image/"
+        "<file_name> ({train,val,test}/image/ is accepted too)."
     )
     BUILDER_CONFIGS = [
         LayoutConfig(
@@ -250,6 +310,10 @@ class WhuBuilding(CocoLayoutBuilder):
                     # The public ReSAM code reads <root>/<split>/image; PointSAM's README nests it under images/.
                     (f"images/{split}/image", f"{split}/image"),
                 )
+                for split in ("train", "val", "test")
+            },
+            raster_splits={
+                split: RasterSplitLayout(f"{split}/image", f"{split}/label")
                 for split in ("train", "val", "test")
             },
         )
