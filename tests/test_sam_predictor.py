@@ -125,6 +125,14 @@ def test_cli_writes_npz_and_overlay(setup, tmp_path):
             ["--image", "{tmp}/in.png", "--point", "1,1,1", "--checkpoint", "{tmp}"],
             "is not a converted SAM checkpoint",
         ),
+        (
+            ["--image", "{tmp}/in.png", "--point", "5000,-20,1"],
+            "--point 5000,-20,1: (5000, -20) lies outside the image",
+        ),
+        (
+            ["--image", "{tmp}/in.png", "--box", "10,10,240,100"],
+            "--box 10,10,240,100: corner (240, 100) lies outside the image",
+        ),
     ],
     ids=[
         "missing-image",
@@ -134,6 +142,8 @@ def test_cli_writes_npz_and_overlay(setup, tmp_path):
         "inverted-box",
         "no-prompt",
         "no-checkpoint",
+        "point-outside",
+        "box-outside",
     ],
 )
 def test_cli_errors_are_clear(setup, tmp_path, args, message):

@@ -1,12 +1,15 @@
-"""What the three prediction commands share: their one error class, image decoding, and loading
-a converted checkpoint with its pixel input."""
+"""What the three prediction commands share: their one error class, image decoding, the check
+that prompts lie inside the image, and loading a converted checkpoint with its pixel input."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from resam_jax.data.coco import BBOX_TOLERANCE_PX
 
 
 class PredictError(Exception):
@@ -22,6 +25,21 @@ def load_image(path: Path) -> np.ndarray:
             return np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError) as e:
         raise PredictError(f"cannot decode image {path}: {e}") from None
+
+
+def check_inside(
+    named_xy: Iterable[tuple[str, Sequence[float]]],
+    size: tuple[int, int],
+    image: str,
+    margin: float = BBOX_TOLERANCE_PX,
+) -> None:
+    """Every (name, (x, y)) prompt coordinate within the image, which spans [0, width] x
+    [0, height] in SAM's pixel frame, up to margin px (the data's bbox rounding); else a
+    PredictError "{name} lies outside {image}"."""
+    height, width = size
+    for name, (x, y) in named_xy:
+        if not (-margin <= x <= width + margin and -margin <= y <= height + margin):
+            raise PredictError(f"{name} lies outside {image}")
 
 
 def load_model(checkpoint: Path, pixel_norm: str = "auto"):

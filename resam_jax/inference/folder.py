@@ -49,7 +49,6 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from resam_jax.data.coco import (
-    BBOX_TOLERANCE_PX,
     DataError,
     is_int,
     is_number,
@@ -57,7 +56,7 @@ from resam_jax.data.coco import (
     segmentation_problem,
 )
 from resam_jax.files import staged
-from resam_jax.inference.common import PredictError, load_image
+from resam_jax.inference.common import PredictError, check_inside, load_image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,18 +167,14 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _check_inside(prompt: Prompt, size: tuple[int, int], where: str, path: Path) -> None:
-    """Every point and box corner within the image, up to the data's bbox rounding tolerance."""
-    height, width = size
     named = [("point", p) for p in ([] if prompt.points is None else prompt.points)]
     if prompt.box is not None:
         named += [("bbox corner", prompt.box[:2]), ("bbox corner", prompt.box[2:])]
-    tol = BBOX_TOLERANCE_PX
-    for what, (x, y) in named:
-        if not (-tol <= x <= width + tol and -tol <= y <= height + tol):
-            raise PredictError(
-                f"{where}: {what} ({x:g}, {y:g}) lies outside the image {path} "
-                f"({width}x{height} px)"
-            )
+    check_inside(
+        ((f"{where}: {what} ({x:g}, {y:g})", (x, y)) for what, (x, y) in named),
+        size,
+        f"the image {path} ({size[1]}x{size[0]} px)",
+    )
 
 
 def _read_images(entries: list, images_dir: Path, file: Path) -> dict[int, tuple[Path, dict]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from resam_jax.inference.common import PredictError, load_image, load_model
+from resam_jax.inference.common import PredictError, check_inside, load_image, load_model
 from resam_jax.visualize import draw_point, tint_instances
 
 
@@ -134,8 +134,23 @@ def _load_predictor(checkpoint: Path, pixel_norm: str):
     return SamPredictor(*load_model(checkpoint, pixel_norm))
 
 
+def _prompt_coordinates(points, box) -> list[tuple[str, tuple[float, float]]]:
+    """(name as the command line gave it, (x, y)) of every point and box corner."""
+    named = [(f"--point {x:g},{y:g},{label}: ({x:g}, {y:g})", (x, y)) for x, y, label in points]
+    if box is not None:
+        given = "--box " + ",".join(f"{v:g}" for v in box)
+        named += [(f"{given}: corner ({x:g}, {y:g})", (x, y)) for x, y in (box[:2], box[2:])]
+    return named
+
+
 def _predict_image(args: argparse.Namespace) -> str:
     image = load_image(args.image)
+    height, width = image.shape[:2]
+    check_inside(
+        _prompt_coordinates(args.point, args.box),
+        (height, width),
+        f"the image {args.image} ({width}x{height} px)",
+    )
     predictor = _load_predictor(args.checkpoint, args.pixel_norm)
     predictor.set_image(image)
     points = np.asarray([p[:2] for p in args.point], np.float32) if args.point else None

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from resam_jax.files import staged
-from resam_jax.inference.common import PredictError, load_model
+from resam_jax.inference.common import PredictError, check_inside, load_model
 from resam_jax.inference.tiling import Prompt, Tile, paste_instance, route, tile_grid
 
 GEO_EXTRA = 'pip install -e ".[geo]"'
@@ -116,14 +116,17 @@ def read_prompts(path: Path, dataset, image_path: Path) -> list[Prompt]:
         if georeferenced:
             # The inverse transform puts pixel (c, r)'s centre at (c + 0.5, r + 0.5).
             xy = apply_affine(to_pixels, xy) - 0.5
-        inside = (xy >= -0.5) & (xy <= np.array([dataset.width, dataset.height]) - 0.5)
-        if not inside.all():
-            bad_xy = given[np.argmin(inside.all(axis=1))]
-            unit = f"map coordinates ({dataset.crs})" if georeferenced else "pixels"
-            raise PredictError(
-                f"{where}: ({bad_xy[0]:g}, {bad_xy[1]:g}) in {unit} lies outside the "
-                f"{dataset.width}x{dataset.height} scene {image_path}"
-            )
+        unit = f"map coordinates ({dataset.crs})" if georeferenced else "pixels"
+        # Pixel (c, r)'s centre is at (c, r) here, at (c + 0.5, r + 0.5) in SAM's frame.
+        check_inside(
+            (
+                (f"{where}: ({gx:g}, {gy:g}) in {unit}", (x + 0.5, y + 0.5))
+                for (gx, gy), (x, y) in zip(given, xy)
+            ),
+            (dataset.height, dataset.width),
+            f"the {dataset.width}x{dataset.height} scene {image_path}",
+            margin=0.0,
+        )
         return xy
 
     parts: dict[object, dict] = {}
