@@ -222,6 +222,30 @@ def test_missing_and_unexpected_keys_are_listed(saved, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("form", ["both tied copies", "pytorch_model.bin"])
+def test_other_forms_of_a_hub_checkpoint_convert_to_the_same_tensors(saved, tmp_path, form):
+    """Older Hub files keep the prompt encoder's tied copy of the positional embedding too,
+    or hold the weights as pytorch_model.bin (read with torch)."""
+    folder, converted = saved
+    state = load_file(folder / "model.safetensors")
+    if form == "both tied copies":
+        state["prompt_encoder.shared_embedding.positional_embedding"] = state[
+            "shared_image_embedding.positional_embedding"
+        ]
+        save_file(state, tmp_path / "model.safetensors")
+        checkpoint = tmp_path / "model.safetensors"
+    else:
+        checkpoint = tmp_path / "pytorch_model.bin"
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, checkpoint)
+    code, output = run_cli("--checkpoint", checkpoint, "--output", tmp_path / "o")
+    assert code == 0, output
+    _, expected = load_sam_params(converted)
+    _, actual = load_sam_params(tmp_path / "o")
+    assert actual.keys() == expected.keys()
+    for path in expected:
+        np.testing.assert_array_equal(actual[path], expected[path], err_msg=str(path))
+
+
 def test_a_tied_copy_that_differs_is_refused(saved, tmp_path):
     state = load_file(saved[0] / "model.safetensors")
     tied = state["shared_image_embedding.positional_embedding"]
