@@ -1,8 +1,12 @@
 """The run on a tiny SAM and a small synthetic dataset: configs, errors, resume, the demo CLI."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import jax
@@ -144,6 +148,17 @@ def test_override_changes_a_field_and_unknown_key_is_rejected():
         load_config("nwpu", "--config.train.no_such_field=1")
 
 
+def test_help_lists_the_config_fields_with_their_defaults():
+    result = subprocess.run(
+        [sys.executable, "-m", "resam_jax.main", "--help"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--workdir" in result.stdout and "--verbose" in result.stdout
+    assert "--config.train.num_epochs=10" in result.stdout
+    assert "--config.model.attention='chunked'" in result.stdout
+
+
 @pytest.mark.parametrize(
     "override,message",
     [
@@ -158,6 +173,50 @@ def test_cli_reports_a_bad_override_without_traceback(override, message):
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and message in result.stderr, result.stderr
+
+
+def _read_only_dir(tmp_path: Path) -> Path:
+    """A folder nobody may write in: root ignores permission bits, not sysfs."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    (tmp_path / "ro").mkdir(mode=0o555)
+    return tmp_path / "ro"
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("read-only-workdir", "is not a writable folder"),
+        ("file-as-parent", "is not a writable folder: Not a directory"),
+        ("missing-config", "--config configs/no_such_config.py does not exist"),
+        ("attention", "config.model.attention='fast'; expected one of ('reference', 'chunked'"),
+        ("num-epochs", "config.train.num_epochs=0 must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_leaves_nothing_behind(tmp_path, case, message):
+    """Checked where the config is resolved, before anything is written (issue 18)."""
+    workdir = tmp_path / "run"
+    config, extra = "configs/demo.py", []
+    if case == "read-only-workdir":
+        workdir = _read_only_dir(tmp_path) / "resam_run"
+    elif case == "file-as-parent":
+        (tmp_path / "file").write_text("")
+        workdir = tmp_path / "file" / "run"
+    elif case == "missing-config":
+        config = "configs/no_such_config.py"
+    elif case == "attention":
+        extra = ["--config.model.attention=fast"]
+    else:
+        extra = ["--config.train.num_epochs=0"]
+    result = subprocess.run(
+        [sys.executable, "-m", "resam_jax.main", f"--config={config}", f"--workdir={workdir}", *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
+    assert result.stderr.count(message) == 1 and "Traceback" not in result.stderr  # said once
+    assert not workdir.exists()
 
 
 def test_a_step_option_out_of_range_is_a_run_error(tmp_path, synthetic_data):
@@ -180,6 +239,7 @@ def test_missing_dataset_and_checkpoint_name_the_fix(tmp_path, synthetic_data):
         run.RunError, match=r"sam_vit_b_01ec64\.pth.*\n.*weights_convert\.convert_sam"
     ):
         run.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # the run created it, and failed before training
 
 
 def _lora(workdir: Path):
@@ -256,9 +316,14 @@ def test_demo_command_writes_every_output(tmp_path):
     assert (workdir / "supervised" / "export" / "lora").is_dir()
     assert "RANDOMLY INITIALISED" not in result.stderr  # it starts from the packaged SAM
 
-    # The log ends with the three rows; IoU is the third column. Measured: Direct 47.2,
+    # Quiet by default (issue 18): no library chatter, the table once, at the end of stdout.
+    for noise in ("Load dataset info", "Downloading and preparing", "libtpu", "Traceback"):
+        assert noise not in result.stderr + result.stdout, noise
+    assert result.stdout.count("Direct SAM (step 0)") == 1, result.stdout
+    assert f"Outputs in {workdir.resolve()}" in result.stdout
+    # The output ends with the three rows; IoU is the third column. Measured: Direct 47.2,
     # ReSAM 50.4, Supervised 71.1; the margins asked for here are a third of those or less.
-    rows = result.stderr.rstrip().splitlines()[-3:]
+    rows = result.stdout.rstrip().splitlines()[-3:]
     labels = ("Direct SAM (step 0)", "resam epoch 3 (step 72)", "supervised epoch 3 (step 72)")
     assert [row.startswith(label) for row, label in zip(rows, labels)] == [True] * 3, rows
     direct, resam, supervised = (
@@ -386,6 +451,80 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_continues_exactly(tmp_pa
     assert trained.keys() == exported.keys() and len(trained) == 8
     for name in trained:
         np.testing.assert_array_equal(trained[name], exported[name], err_msg=name)
+
+
+def _terminate_once(metrics: Path, step: int) -> threading.Thread:
+    """SIGTERM to this process once `metrics` logs train step `step` (a preempted VM)."""
+
+    def watch():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            lines = metrics.read_text().splitlines() if metrics.exists() else []
+            if any(r["kind"] == "train" and r["step"] >= step for r in map(json.loads, lines)):
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=watch, daemon=True)
+    killer.start()
+    return killer
+
+
+def test_every_phase_resumes_after_sigterm_and_says_what_a_resumed_epoch_covers(
+    tmp_path, synthetic_data
+):
+    """ReSAM, then the Supervised comparison: SIGTERM in either phase checkpoints and stops,
+    and the same call goes on (issue 18: the supervised phase died with an IndexError)."""
+    steps = dict(num_epochs=1, log_every_steps=1, checkpoint_every_steps=100)
+    config = small_config(synthetic_data, compare_with_supervised=True, **steps)
+    config.method.mode = "resam"
+    workdir = tmp_path / "run"
+
+    killer = _terminate_once(workdir / "metrics.jsonl", 2)  # within ReSAM's only epoch
+    first = run.train_and_evaluate(config, workdir)
+    killer.join()
+    assert first["preempted"] and first["steps"] < 4
+
+    killer = _terminate_once(workdir / "supervised" / "metrics.jsonl", 2)
+    second = run.train_and_evaluate(config, workdir)
+    killer.join()
+    assert second["preempted"] and not (workdir / "supervised" / "export").exists()
+    # The epoch's pseudo-label row covers the steps after the resume, and says so.
+    [(label, _)] = second["pseudo_labels"]
+    assert label == f"epoch 1 (step 4, resumed: steps {first['steps'] + 1}-4 only)"
+
+    third = run.train_and_evaluate(config, workdir)
+    assert not third["preempted"] and third["steps"] == 4
+    assert [label for label, _ in third["evaluations"]][-2:] == [
+        "resam epoch 1 (step 4)",
+        "supervised epoch 1 (step 4)",
+    ]
+    assert (workdir / "supervised" / "export" / "sam_merged").is_dir()
+
+
+def test_a_run_stopped_by_sigterm_exits_143(tmp_path, synthetic_data):
+    """After its checkpoint, so that a scheduler tells it from a finished run (docs/training.md)."""
+    manual_dir, data_dir = synthetic_data
+    workdir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "resam_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
+         f"--config.data.manual_dir={manual_dir}", f"--config.data.data_dir={data_dir}",
+         "--config.data.synthetic_images=8", "--config.data.image_size=64",
+         "--config.model.checkpoint=", "--config.data.batch_size=2",
+         "--config.train.eval_before_training=False", "--config.train.num_overlays=0",
+         "--config.train.log_every_steps=1", "--config.train.num_epochs=50"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics, deadline = workdir / "metrics.jsonl", time.monotonic() + 600
+    while process.poll() is None and time.monotonic() < deadline:
+        if metrics.exists() and '"kind": "train"' in metrics.read_text():
+            process.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr and list((workdir / "checkpoints").iterdir())
+    assert not (workdir / "export").exists()
 
 
 def test_study_config_adapts_the_packaged_small_sam_on_the_target_half():

@@ -8,8 +8,9 @@ value) is a RunError whose message says what to do.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -24,6 +25,7 @@ from resam_jax.data.synthetic import write_coco_dataset
 from resam_jax.method.train_state import TRAIN_MODES
 from resam_jax.models import Backbone
 from resam_jax.models.sam import PIXEL_NORMS
+from resam_jax.run import reporting
 
 MODES = (*TRAIN_MODES, "direct")
 
@@ -44,40 +46,95 @@ class Prepared:
     manual_dir: Path | None
 
 
+def _allowed_values() -> dict[str, tuple]:
+    """config field -> its allowed values: the fields a run cannot recover from once started."""
+    from resam_jax.data.synthetic import STYLES
+    from resam_jax.method.eval_step import PROMPTS
+    from resam_jax.method.metrics import REDUCTIONS
+    from resam_jax.method.train_state import OUTLIER_RULES
+    from resam_jax.models.sam.architecture import (
+        ATTENTION_IMPLEMENTATIONS,
+        MODEL_TYPES,
+        REMAT_OPTIONS,
+    )
+
+    return {
+        "method.mode": MODES,
+        "method.outlier_rule": OUTLIER_RULES,
+        "model.model_type": MODEL_TYPES,
+        "model.pixel_norm": PIXEL_NORMS,
+        "model.dtype": ("float32", "bfloat16"),
+        "model.attention": ATTENTION_IMPLEMENTATIONS,
+        "model.remat": REMAT_OPTIONS,
+        "eval.prompt": PROMPTS,
+        "eval.threshold_on": ("logits", "probs"),
+        "eval.reduction": REDUCTIONS,
+        "data.synthetic_style": tuple(STYLES),
+    }
+
+
+# config field -> (its smallest value, what that value means, or "").
+_MINIMA = {
+    "train.num_epochs": (1, ""),
+    "train.grad_accum_steps": (1, ""),
+    "train.instance_chunk_size": (0, " (0: all instances at once)"),
+    "train.max_steps": (0, " (0: train.num_epochs)"),
+    "data.batch_size": (1, ""),
+    "eval.prompt_seeds": (1, ""),
+}
+
+
+def _field(config: ml_collections.ConfigDict, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """The config's choices that no later step can recover from, checked once, before anything
-    is built: a RunError naming the field and the allowed values."""
-    if config.method.mode not in MODES:
-        raise RunError(f"config.method.mode={config.method.mode!r}; expected one of {MODES}")
-    if config.model.pixel_norm not in PIXEL_NORMS:
-        raise RunError(
-            f"config.model.pixel_norm={config.model.pixel_norm!r}; expected one of {PIXEL_NORMS}"
-        )
-    if config.train.grad_accum_steps < 1:
-        raise RunError(
-            f"config.train.grad_accum_steps={config.train.grad_accum_steps} must be at least 1"
-        )
-    if config.train.instance_chunk_size < 0:
-        raise RunError(
-            f"config.train.instance_chunk_size={config.train.instance_chunk_size} must be 0 or "
-            "positive (0: all instances at once)"
-        )
+    """The config's fields checked against their allowed values, once, before anything is
+    built or written: a RunError naming the field and what it may be."""
+    for name, allowed in _allowed_values().items():
+        if _field(config, name) not in allowed:
+            raise RunError(f"config.{name}={_field(config, name)!r}; expected one of {allowed}")
+    for name, (minimum, meaning) in _MINIMA.items():
+        if _field(config, name) < minimum:
+            or_more = "0 or positive" if minimum == 0 else f"at least {minimum}"
+            raise RunError(f"config.{name}={_field(config, name)} must be {or_more}{meaning}")
+
+
+def writable_workdir(workdir: str | Path) -> tuple[Path, bool]:
+    """(the absolute workdir, whether this call created it), checked writable; a RunError
+    naming the folder otherwise."""
+    workdir = Path(workdir).expanduser().resolve()
+    created = not workdir.exists()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as e:
+        raise RunError(f"--workdir {workdir} is not a writable folder: {e.strerror or e}") from None
+    return workdir, created
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Prepared:
     """The set-up every command repeats (train_and_evaluate, robustness, diagnose): the config
-    checked, the workdir created, the dataset generated (synthetic) or found prepared, this
-    process's data config, the model."""
+    checked, the workdir created, this process's data config, the dataset generated (synthetic)
+    or found prepared, the model. A RunError here removes a workdir this call created."""
     check_config(config)
-    workdir = Path(workdir).expanduser().resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    data_dir, manual_dir = data_paths(config, workdir)
+    workdir, created = writable_workdir(workdir)
     try:
-        data_config = host_data_config(config, data_dir)
-    except ValueError as e:  # per_host_batch_size
-        raise RunError(str(e)) from None
-    ensure_dataset(config, data_dir, manual_dir)
-    return Prepared(build_model(config), data_config, workdir, data_dir, manual_dir)
+        data_dir, manual_dir = data_paths(config, workdir)
+        try:
+            data_config = host_data_config(config, data_dir)
+        except ValueError as e:  # per_host_batch_size
+            raise RunError(str(e)) from None
+        ensure_dataset(config, data_dir, manual_dir)
+        model = build_model(config)
+    except RunError:
+        if created and jax.process_index() == 0:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return Prepared(model, data_config, workdir, data_dir, manual_dir)
 
 
 def build_model(config: ml_collections.ConfigDict) -> Backbone:
@@ -119,11 +176,13 @@ def ensure_dataset(
                 data.train_split: "annotations/train.json",
                 data.eval_split: "annotations/val.json",
             }
-            summary = prepare_dataset(
-                data.dataset, config=data.dataset_config, data_dir=data_dir, manual_dir=manual_dir,
-                annotations=splits,
-            )  # fmt: skip
-            logging.info("synthetic dataset: %s", json.dumps(summary["splits"]))
+            with reporting.library_prints():
+                summary = prepare_dataset(
+                    data.dataset, config=data.dataset_config, data_dir=data_dir,
+                    manual_dir=manual_dir, annotations=splits,
+                )  # fmt: skip
+            counts = ", ".join(f"{n} {s['images']} images" for n, s in summary["splits"].items())
+            logging.info("synthetic dataset: %s, in %s", counts, data_dir)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
