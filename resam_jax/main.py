@@ -11,6 +11,9 @@ need none of them.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from absl import app
 
 from resam_jax.run import cli
@@ -41,12 +44,22 @@ def main(argv):
 
     config = cli.CONFIG.value
     result = cli.run_command(lambda: run.train_and_evaluate(config, cli.WORKDIR.value))
-    if config.data.synthetic_images and not result["preempted"]:
-        from resam_jax.run import reporting
+    if result["preempted"]:  # checkpointed: a scheduler must not take it for a finished run
+        sys.exit(cli.PREEMPTED_EXIT_CODE)
+    from resam_jax.run import reporting
 
+    if config.data.synthetic_images:
         print(next_steps())
-        # The demo's last lines: its result (the same table as at the end of the log).
-        print(reporting.evaluation_table(result["evaluations"]))
+    workdir = Path(cli.WORKDIR.value).expanduser().resolve()
+    print(
+        f"Outputs in {workdir}: metrics.jsonl, tensorboard/, overlays/, checkpoints/, "
+        f"export/lora and export/sam_merged (python -m resam_jax.predict --checkpoint "
+        f"{workdir / 'export' / 'sam_merged'} ...)."
+        if config.method.mode != "direct"
+        else f"Outputs in {workdir}: metrics.jsonl, tensorboard/, overlays/."
+    )
+    # The run's last lines: its result, once.
+    print(reporting.evaluation_table(result["evaluations"]))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ Only process 0 writes; the others get writers that do nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
 import json
 import logging
 import time
@@ -27,16 +29,43 @@ from resam_jax.visualize import tint_instances
 
 
 class _LibraryInfoFilter(logging.Filter):
-    """Drops the INFO chatter of orbax and grain (several lines per checkpoint)."""
+    """Drops the INFO chatter of orbax and grain (several lines per checkpoint); unless verbose,
+    every library's INFO (TFDS's "Load dataset info", JAX's missing libtpu) and TFDS's warnings
+    too, keeping the run's own lines."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
 
     def filter(self, record: logging.LogRecord) -> bool:
-        noisy = "/orbax/" in record.pathname or "/grain/" in record.pathname
-        return record.levelno >= logging.WARNING or not noisy
+        if self.verbose:
+            noisy = "/orbax/" in record.pathname or "/grain/" in record.pathname
+            return record.levelno >= logging.WARNING or not noisy
+        if "/tensorflow_datasets/" in record.pathname:
+            return record.levelno >= logging.ERROR
+        return record.levelno >= logging.WARNING or "/resam_jax/" in record.pathname
 
 
-def quiet_library_logs() -> None:
+_verbose = False
+
+
+def quiet_library_logs(verbose: bool = False) -> None:
+    global _verbose
+    _verbose = verbose
     for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
-        handler.addFilter(_LibraryInfoFilter())
+        handler.addFilter(_LibraryInfoFilter(verbose))
+
+
+def library_prints() -> contextlib.AbstractContextManager:
+    """Swallows what libraries print (TFDS's "Downloading and preparing dataset") unless the
+    run is verbose."""
+    if _verbose:
+        return contextlib.nullcontext()
+    sink = io.StringIO()
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(sink))
+    stack.enter_context(contextlib.redirect_stderr(sink))
+    return stack
 
 
 # Fields that change neither what is trained nor what is evaluated: a resumed run may change them
