@@ -9,6 +9,7 @@ from flax import nnx
 from sam_reference import assert_same_prediction, build_reference, converted_reference
 from segment_anything import SamPredictor as TorchPredictor
 
+from resam_jax.config import DEMO_SAM_CHECKPOINT, SMALL_NWPU_SAM_CHECKPOINT
 from resam_jax.inference.predictor import SamPredictor
 from resam_jax.method.train_state import split_model
 from resam_jax.models.sam import load_sam, sam_config
@@ -56,6 +57,28 @@ def test_round_trip_is_bit_identical(converted, tmp_path):
     assert back.keys() == original.keys()
     for key, tensor in original.items():
         assert back[key].dtype == tensor.dtype and torch.equal(back[key], tensor), key
+
+
+@pytest.mark.parametrize(
+    "packaged", [DEMO_SAM_CHECKPOINT, SMALL_NWPU_SAM_CHECKPOINT], ids=["tiny_demo", "small_nwpu"]
+)
+def test_export_then_convert_gives_back_every_packaged_sam(packaged, tmp_path):
+    """The demo's tiny SAM takes 128 px inputs, not its type's default: the converter reads the
+    input size from the shapes (issue 18)."""
+    assert export("--checkpoint", packaged, "--output", tmp_path / "sam.pth") == 0
+    back = tmp_path / "back"
+    assert convert_main(["--checkpoint", str(tmp_path / "sam.pth"), "--output", str(back)]) == 0
+    image = np.random.default_rng(0).integers(0, 256, size=(150, 200, 3), dtype=np.uint8)
+    outputs = []
+    for checkpoint in (packaged, back):
+        model = load_sam(checkpoint)
+        predictor = SamPredictor(model)
+        predictor.set_image(image)
+        outputs.append(
+            (model.config.image_size, *predictor.predict(np.array([[60.0, 50.0]]), np.array([1])))
+        )
+    for original, converted in zip(*outputs, strict=True):
+        np.testing.assert_array_equal(converted, original)
 
 
 @pytest.mark.slow

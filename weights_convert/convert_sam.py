@@ -28,6 +28,7 @@ from resam_jax.models.sam.checkpoint import HEADER, CheckpointError, read_header
 from resam_jax.models.sam.params import (
     CheckpointMismatchError,
     check_params,
+    detect_image_size,
     detect_model_type,
     torch_to_flax,
 )
@@ -55,9 +56,12 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        # Keep the unpickler's reason, not torch's advice to load with weights_only=False.
+        reason = str(e).rpartition("WeightsUnpickler error:")[2]
+        reason = next((line.strip() for line in reason.splitlines() if line.strip()), "")
         raise ConversionError(
             f"cannot read {path} as a PyTorch checkpoint (truncated download or not a .pth file?): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"{type(e).__name__}: {reason}"
         ) from None
     # Fine-tuning code often wraps the state_dict; accept the common wrappers.
     for wrapper in ("state_dict", "model"):
@@ -74,6 +78,7 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """The tensors of a .safetensors file as float32 numpy arrays (no torch needed)."""
+    import ml_dtypes  # noqa: F401  (gives numpy the bfloat16 of bfloat16 files)
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -134,7 +139,9 @@ def convert(checkpoint: Path, output: Path, model_type: str = "auto") -> str:
             f"{checkpoint} holds a SAM {detected} (encoder width {width}), "
             f"not the declared --model-type {model_type}"
         )
-    config = sam_config(model_type)
+    # The input size follows from the shapes too: a fine-tuned SAM need not keep the default.
+    image_size = detect_image_size(params)
+    config = sam_config(model_type, **({"image_size": image_size} if image_size else {}))
     try:
         check_params(params, config, str(checkpoint), unmapped)
     except CheckpointMismatchError as e:

@@ -246,3 +246,13 @@ def detect_model_type(params: Mapping[tuple, np.ndarray]) -> str | None:
         if patch.shape[-1] == config.encoder_embed_dim and depth == config.encoder_depth:
             return model_type
     return None
+
+
+def detect_image_size(params: Mapping[tuple, np.ndarray]) -> int | None:
+    """The input side these parameters were trained for (pos_embed's token grid times the patch
+    size), or None."""
+    patch = params.get(("image_encoder", "patch_embed", "kernel"))
+    pos_embed = params.get(("image_encoder", "pos_embed"))
+    if patch is None or pos_embed is None or pos_embed.ndim != 4:
+        return None
+    return pos_embed.shape[1] * patch.shape[0]
