@@ -27,7 +27,7 @@ from sam2_reference import (  # noqa: E402
     t,
 )
 
-from resam_jax.models.sam2 import box_as_points, sam2_config  # noqa: E402
+from resam_jax.models.sam2 import RELEASED_TYPES, box_as_points, sam2_config  # noqa: E402
 from resam_jax.models.sam2.hiera import window_partition, window_unpartition  # noqa: E402
 from resam_jax.models.sam2.layers import bicubic_matrix  # noqa: E402
 
@@ -349,3 +349,101 @@ def test_end_to_end_small(pair):
     )(jnp.asarray(image), jnp.asarray(points), jnp.asarray(labels), jnp.asarray(boxes))
     for a, e in zip(ours, expected, strict=True):
         close(a, e, rtol=1e-4, atol=2e-4)
+
+
+def _stage_grid(config, index: int) -> int:
+    """Side of block `index`'s input grid at the config's image size."""
+    return config.image_size // 4 // 2 ** sum(index > end for end in config.stage_ends)
+
+
+@pytest.mark.parametrize(
+    "model_type", [*RELEASED_TYPES[:3], pytest.param("hiera_l", marks=pytest.mark.slow)]
+)
+def test_block_kinds_of_every_size(model_type):
+    """One block of each kind (width, heads, window, q-pool, grid) of a released size, at its
+    grid for 1024 inputs (so with the size's own window padding), against sam2's block."""
+    from flax import nnx
+    from sam2.modeling.backbones.hieradet import MultiScaleBlock as TorchBlock
+    from sam2_reference import randomize_
+
+    from resam_jax.models.sam2.hiera import MultiScaleBlock
+    from resam_jax.models.sam2.params import torch_to_flax
+
+    config = sam2_config(model_type)
+    kinds = {}
+    for index, spec in enumerate(config.blocks()):
+        kinds.setdefault((spec, _stage_grid(config, index)), index)
+    assert len(kinds) >= 8  # windowed and global per stage, three q-pool blocks
+    for (spec, grid), index in kinds.items():
+        torch.manual_seed(index)
+        reference = TorchBlock(
+            spec.dim,
+            spec.dim_out,
+            spec.num_heads,
+            q_stride=(2, 2) if spec.q_pool else None,
+            window_size=spec.window_size,
+        )
+        randomize_(reference, seed=index)
+        prefix = f"image_encoder.trunk.blocks.{index}."
+        params, _, unknown = torch_to_flax(
+            {prefix + k: v.numpy() for k, v in reference.state_dict().items()}
+        )
+        assert not unknown
+        block = nnx.eval_shape(
+            lambda spec=spec: MultiScaleBlock(spec, config.mlp_ratio, config, rngs=nnx.Rngs(0))
+        )
+        graphdef, state = nnx.split(block)
+        trunk_block = ("image_encoder", "trunk", "blocks", index)
+        flat = [
+            (p, v.replace(jnp.asarray(params[(*trunk_block, *p)])))
+            for p, v in nnx.to_flat_state(state)
+        ]
+        block = nnx.merge(graphdef, nnx.from_flat_state(flat))
+        tokens = normal(1, grid, grid, spec.dim, seed=index)
+        with torch.no_grad():
+            expected = reference(t(tokens))
+        close(block(jnp.asarray(tokens)), expected, rtol=1e-4, atol=2e-4)
+
+
+def test_memory_options_compute_the_same_function(pair):
+    """Chunked global attention and rematerialised blocks give the same encoding and the same
+    gradients; bfloat16 stays within its precision."""
+    import dataclasses
+
+    from flax import nnx
+
+    from resam_jax.models.sam2.checkpoint import sam2_from_params
+
+    _, model = pair
+    params = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+    options = dataclasses.replace(
+        CONFIG, attention="chunked", attention_chunk_size=96, remat="blocks"
+    )
+    variant = sam2_from_params(options, params)
+    images = jnp.asarray(normal(1, CONFIG.image_size, CONFIG.image_size, 3, seed=12))
+
+    @nnx.jit
+    def encode_and_grad(m):
+        def loss(m):
+            features = m.encode(images)
+            embed, (level0, _) = features["image_embed"], features["high_res_feats"]
+            return jnp.sum(embed**2) + jnp.sum(level0**2), embed
+
+        return nnx.grad(loss, has_aux=True)(m)
+
+    expected, embed = encode_and_grad(model)
+    actual, variant_embed = encode_and_grad(variant)
+    np.testing.assert_allclose(variant_embed, embed, atol=1e-5)
+    global_block = ("image_encoder", "trunk", "blocks", CONFIG.global_att_blocks[0])
+    for (path, e), (_, a) in zip(nnx.to_flat_state(expected), nnx.to_flat_state(actual)):
+        if path[:4] == global_block or path[-2:] == ("patch_embed", "kernel"):
+            scale = np.abs(e.get_value()).max()
+            np.testing.assert_allclose(
+                a.get_value(), e.get_value(), atol=1e-5 * scale, err_msg=str(path)
+            )
+
+    half = sam2_from_params(dataclasses.replace(CONFIG, dtype="bfloat16"), params)
+    low = nnx.jit(lambda m: m.encode(images)["image_embed"])(half)
+    # bfloat16 through the trunk; the neck's top-down sum is float32, as in torch autocast
+    assert half.image_encoder.trunk.patch_embed(images).dtype == jnp.bfloat16
+    assert np.abs(np.asarray(low, np.float32) - embed).max() <= 0.05 * np.abs(embed).max()
