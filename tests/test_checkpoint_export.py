@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from resam_jax.method.train_state import split_model
@@ -50,3 +51,59 @@ def test_merge_adds_products_to_q_and_v_thirds_only():
         np.testing.assert_allclose(delta[:, :dim], expected, rtol=1e-6)
         np.testing.assert_allclose(delta[:, dim : 2 * dim], 0.0)
         np.testing.assert_allclose(delta[:, 2 * dim :], expected, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def run_outputs(tmp_path_factory):
+    """A run's workdir as the loop writes it: export/lora, export/sam_merged, checkpoints/3."""
+    import grain
+
+    from resam_jax.run.checkpoints import TrainCheckpoints, export_lora
+
+    workdir = tmp_path_factory.mktemp("run")
+    config = sam_config("tiny", image_size=64, lora_start_layer=1)
+    graphdef, lora, frozen = split_model(Sam(config, rngs=nnx.Rngs(0)))
+    export_lora(workdir / "export" / "lora", lora)
+    export_merged_sam(workdir / "export" / "sam_merged", lora, frozen, config, {"path": "test"})
+    checkpoints = TrainCheckpoints(workdir / "checkpoints", keep=1)
+    data = iter(grain.MapDataset.range(4).to_iter_dataset())
+    checkpoints.save(3, {"lora": nnx.to_pure_dict(lora)}, data)
+    checkpoints.close()
+    return workdir
+
+
+@pytest.mark.parametrize(
+    "folder,what",
+    [
+        ("export/lora", "it is a LoRA export"),
+        ("checkpoints", "it is a run's training checkpoint"),
+        ("checkpoints/3", "it is a run's training checkpoint"),
+        (".", "it is a run's workdir"),
+    ],
+)
+def test_a_run_folder_passed_as_sam_says_what_it_is_and_what_to_pass(
+    run_outputs, tmp_path, capsys, folder, what
+):
+    """predict and the run name the folder's kind and the merged export (issue 18)."""
+    from PIL import Image
+
+    from resam_jax import run
+    from resam_jax.config import base_config
+    from resam_jax.inference.image import main as predict
+
+    checkpoint = (run_outputs / folder).resolve()
+    instead = f"pass {run_outputs / 'export' / 'sam_merged'} (SAM with the run's LoRA folded in)"
+    Image.new("RGB", (40, 30)).save(tmp_path / "in.png")
+    argv = ["--checkpoint", str(checkpoint), "--image", str(tmp_path / "in.png")]
+    code = predict([*argv, "--point", "5,5,1", "--output", str(tmp_path / "out.npz")])
+    error = capsys.readouterr().err
+    assert code == 2 and what in error and instead in error, error
+    assert f"--output {checkpoint}" not in error  # never convert into the run's folder
+
+    config = base_config()
+    config.model.update(model_type="tiny", checkpoint=str(checkpoint))
+    config.data.image_size = 64
+    with pytest.raises(run.RunError) as raised:
+        run.build_model(config)
+    assert what in str(raised.value) and instead in str(raised.value)
+    assert f"--output {checkpoint}" not in str(raised.value)

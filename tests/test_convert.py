@@ -105,6 +105,14 @@ def test_truncated_file(pth, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_random_file_is_refused_without_torchs_advice(tmp_path):
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(np.random.default_rng(0).bytes(2000))
+    code, output = run_cli("--checkpoint", noise, "--output", tmp_path / "o")
+    assert_clean_failure(code, output, "cannot read", "noise.pth")
+    assert "weights_only" not in output and "likely succeed" not in output, output
+
+
 def test_not_a_sam_state_dict_lists_keys(tmp_path):
     path = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(8, 3, 7, 7), "fc.bias": torch.zeros(10)}, path)

@@ -62,14 +62,78 @@ def _flax_paths(tree: Mapping) -> dict[tuple, np.ndarray]:
     }
 
 
+def _is_lora_export(directory: Path) -> bool:
+    """An orbax tree whose leaves are LoRA adapters (its _METADATA lists their paths)."""
+    try:
+        return "lora_" in (directory / "_METADATA").read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _is_train_checkpoint(directory: Path) -> bool:
+    """WORKDIR/checkpoints/<step> (its state and data items) or WORKDIR/checkpoints itself."""
+    steps = [directory] + [d for d in directory.glob("[0-9]*") if d.is_dir()]
+    return any((d / "state").is_dir() and (d / "data").is_dir() for d in steps)
+
+
+def checkpoint_kind(directory: str | Path) -> str:
+    """What a folder handed over as a checkpoint is: "sam" (converted, or a run's
+    export/sam_merged), "lora" (a run's export/lora), "train" (a run's training checkpoint),
+    "workdir" (a run's workdir), "missing" or "other"."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return "missing"
+    if (directory / HEADER).is_file():
+        return "sam"
+    if _is_lora_export(directory):
+        return "lora"
+    if _is_train_checkpoint(directory):
+        return "train"
+    if (directory / "export" / "sam_merged" / HEADER).is_file():
+        return "workdir"
+    return "other"
+
+
+def _instead(run_workdir: Path) -> str:
+    merged = run_workdir / "export" / "sam_merged"
+    if (merged / HEADER).is_file():
+        return f"pass {merged} (SAM with the run's LoRA folded in) instead"
+    return (
+        f"pass {merged} instead once the run has finished (python -m resam_jax.main with "
+        f"--workdir {run_workdir} resumes it)"
+    )
+
+
+def not_a_sam_checkpoint(directory: str | Path) -> str:
+    """Why `directory` is no converted SAM checkpoint: what the folder is and what to pass
+    instead (the one place that tells the kinds apart, for every command)."""
+    directory = Path(directory).resolve()
+    kind = checkpoint_kind(directory)
+    prefix = f"{directory} is not a converted SAM checkpoint"
+    if kind == "lora":
+        return (
+            f"{prefix}: it is a LoRA export (a run's adapters alone, no SAM weights); "
+            + _instead(directory.parents[1])
+            + ", or fold it into the SAM it adapted: python -m weights_convert.export_sam "
+            f"--checkpoint BASE_SAM --lora {directory} --output adapted.pth"
+        )
+    if kind == "train":
+        workdir = directory.parent if directory.name == "checkpoints" else directory.parents[1]
+        return f"{prefix}: it is a run's training checkpoint (what the run resumes from); " + (
+            _instead(workdir)
+        )
+    if kind == "workdir":
+        return f"{prefix}: it is a run's workdir; " + _instead(directory)
+    # convert_sam refuses a folder holding anything else: name a new one then.
+    target = directory if kind == "missing" or not any(directory.iterdir()) else "weights/sam_vit_b"
+    return f"{prefix}: {directory / HEADER} is missing. " + conversion_help(target)
+
+
 def read_header(directory: str | Path) -> dict:
     directory = Path(directory)
     header_path = directory / HEADER
     if not header_path.is_file():
-        raise CheckpointError(
-            f"{directory} is not a converted SAM checkpoint: {header_path} is missing. "
-            + conversion_help(directory)
-        )
+        raise CheckpointError(not_a_sam_checkpoint(directory))
     try:
         header = json.loads(header_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
