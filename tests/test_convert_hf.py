@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -222,10 +223,10 @@ def test_missing_and_unexpected_keys_are_listed(saved, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("form", ["both tied copies", "pytorch_model.bin"])
+@pytest.mark.parametrize("form", ["both tied copies", "pytorch_model.bin", "bfloat16"])
 def test_other_forms_of_a_hub_checkpoint_convert_to_the_same_tensors(saved, tmp_path, form):
     """Older Hub files keep the prompt encoder's tied copy of the positional embedding too,
-    or hold the weights as pytorch_model.bin (read with torch)."""
+    or hold the weights as pytorch_model.bin (read with torch); others are bfloat16."""
     folder, converted = saved
     state = load_file(folder / "model.safetensors")
     if form == "both tied copies":
@@ -234,12 +235,17 @@ def test_other_forms_of_a_hub_checkpoint_convert_to_the_same_tensors(saved, tmp_
         ]
         save_file(state, tmp_path / "model.safetensors")
         checkpoint = tmp_path / "model.safetensors"
-    else:
+    elif form == "pytorch_model.bin":
         checkpoint = tmp_path / "pytorch_model.bin"
         torch.save({k: torch.from_numpy(v) for k, v in state.items()}, checkpoint)
+    else:
+        checkpoint = tmp_path / "model.safetensors"
+        save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in state.items()}, checkpoint)
     code, output = run_cli("--checkpoint", checkpoint, "--output", tmp_path / "o")
     assert code == 0, output
     _, expected = load_sam_params(converted)
+    if form == "bfloat16":
+        expected = {k: v.astype(ml_dtypes.bfloat16).astype(np.float32) for k, v in expected.items()}
     _, actual = load_sam_params(tmp_path / "o")
     assert actual.keys() == expected.keys()
     for path in expected:
