@@ -22,7 +22,9 @@ Refine drops as unconfident. Self-training gains when its targets are better tha
 own point masks; this says whether they are and, if not, which stage loses. GT masks are read
 for scoring only. One process (the model on its first device).
 
-Writes diagnose.json and diagnose.md to the workdir and prints the table.
+Writes diagnose.json and diagnose.md to the workdir and prints the table, then the study's
+gates (resam_jax.experiments.gates): the premise gate from this table and, with --study, the
+headroom gate of every shift of a study's results.json.
 """
 
 from __future__ import annotations
@@ -33,9 +35,13 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from resam_jax.experiments.gates import headroom_gates, premise_gate
 from resam_jax.run import cli  # --config, --workdir and the multi-host flags
 
 _IMAGES = flags.DEFINE_integer("images", 80, "training images to score (one pass)")
+_STUDY = flags.DEFINE_string(
+    "study", "", "a study's results.json: also print its headroom gates (docs/study.md)"
+)
 FLAGS = flags.FLAGS
 
 STAGES = {
@@ -126,6 +132,8 @@ def diagnose(config, workdir: str | Path, images: int) -> dict[str, Any]:
         "refine_threshold": threshold,
         "percent": {k: 100.0 * float(np.mean(v)) for k, v in values.items()},
     }
+    gate = premise_gate(result["percent"])
+    result["premise_gate"] = {"passed": gate.passed, "margin": gate.value, "required": gate.required}  # fmt: skip
     (workdir / "diagnose.json").write_text(json.dumps(result, indent=2) + "\n")
     (workdir / "diagnose.md").write_text(markdown_table(result))
     logging.info("wrote %s", workdir / "diagnose.md")
@@ -153,15 +161,35 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"Refine (p (1 - H) > {result['refine_threshold']}) drops {p['refine_dropped']:.1f}% of "
         "the point masks' foreground as unconfident.",
         "",
+        premise_gate(p).line(),
+        "",
     ]
     return "\n".join(lines)
+
+
+def study_gates(path: str) -> str:
+    """The headroom gate lines of a study's results.json."""
+    from resam_jax.run import setup
+
+    try:
+        results = json.loads(Path(path).expanduser().read_text())
+    except (OSError, ValueError) as e:
+        raise setup.RunError(f"--study={path}: expected a study's results.json ({e})") from None
+    gates = headroom_gates(results)
+    if not gates:
+        return f"{path}: no shift has both the Direct SAM and the Supervised row yet\n"
+    return "".join(gate.line() + "\n" for gate in gates)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    result = cli.run_command(lambda: diagnose(FLAGS.config, FLAGS.workdir, _IMAGES.value))
-    print(markdown_table(result))
+
+    def run():
+        result = diagnose(FLAGS.config, FLAGS.workdir, _IMAGES.value)
+        return markdown_table(result) + (study_gates(_STUDY.value) if _STUDY.value else "")
+
+    print(cli.run_command(run))
 
 
 if __name__ == "__main__":

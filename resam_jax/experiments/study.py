@@ -26,6 +26,7 @@ from typing import Any
 from absl import app, flags, logging
 
 from resam_jax.data.corruptions import CORRUPTIONS
+from resam_jax.experiments.gates import headroom_gates
 from resam_jax.method.metrics import SCORE_NAMES
 from resam_jax.run import cli  # --config, --workdir and the multi-host flags
 
@@ -126,6 +127,7 @@ def markdown(results: dict[str, dict[str, Any]], config) -> str:
             cells = [f"{100 * final[n]:.2f} ± {100 * final[n + '_std']:.2f}" for n in SCORE_NAMES]
             minutes = f"{record['seconds'] / 60:.1f}"
             lines.append(f"| {LABELS[row]} | " + " | ".join(cells) + f" | {minutes} |")
+        lines += ["", *(gate.line() for gate in headroom_gates({corruption: rows}))]
     return "\n".join(lines) + "\n"
 
 
