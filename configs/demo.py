@@ -75,4 +75,5 @@ def get_config():
     config.train.eval_every_epochs = 3  # the final table: Direct SAM, ReSAM, Supervised
     config.train.num_overlays = 4
     config.train.compare_with_supervised = True
+    config.train.compare_variants = ("camera",)  # the camera branch's step, the same budget
     return config

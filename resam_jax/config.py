@@ -29,28 +29,86 @@ DEMO_SAM_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "sam_tiny_dem
 # The small SAM pretrained here on NWPU's source half (tools/pretrain_sam.py), for the study.
 SMALL_NWPU_SAM_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "sam_small_nwpu"
 
+# The two steps of the public ReSAM code (docs/method.md section 10), as values of the method
+# switches: "v1", its master branch (paper v1), and "camera", its camera branch (CVPR 2026).
+METHOD_VARIANTS = {
+    "v1": dict(
+        refine_entropy="nats", refine_threshold=0.3, mask_loss="focal", iou_target_on="logits",
+        ssa_source="queue", ssa_schedule="sigmoid", ssa_max_weight=4.0, outlier_rule="public",
+    ),
+    "camera": dict(
+        refine_entropy="bits", refine_threshold=0.5, mask_loss="bce", iou_target_on="probs",
+        ssa_source="batch", ssa_schedule="constant", ssa_max_weight=0.1, outlier_rule="none",
+    ),
+}  # fmt: skip
+# The values each enumerated method field accepts.
+METHOD_CHOICES = {
+    "variant": tuple(METHOD_VARIANTS),
+    "refine_entropy": ("nats", "bits"),
+    "mask_loss": ("focal", "bce"),
+    "iou_target_on": ("logits", "probs"),
+    "ssa_source": ("queue", "batch"),
+    "ssa_form": ("matched", "softmax"),
+    "ssa_schedule": ("sigmoid", "constant"),
+    "outlier_rule": ("public", "accepted", "none"),
+}
+
+
+def resolve_method_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Moves every method switch still at its "v1" value to method.variant's value, in place,
+    and checks the method's choices; a ValueError names the field and the allowed values.
+
+    A switch set to another value (in the config file or on the command line) is kept, so
+    `--config.method.variant=camera --config.method.refine_threshold=0.4` is the camera step
+    with another threshold; a camera step with a v1 value starts from variant "v1" and sets the
+    other switches instead. Resolving twice changes nothing.
+    """
+    method = config.method
+    for field, allowed in METHOD_CHOICES.items():
+        if method[field] not in allowed:
+            raise ValueError(f"config.method.{field}={method[field]!r}; expected one of {allowed}")
+    v1 = METHOD_VARIANTS["v1"]
+    for field, value in METHOD_VARIANTS[method.variant].items():
+        if method[field] == v1[field]:
+            method[field] = value
+    if method.ssa_source == "batch" and method.ssa_form != "matched":
+        raise ValueError(
+            f"config.method.ssa_form={method.ssa_form!r} with ssa_source='batch'; the step's "
+            "batch pairs each instance with itself: expected ssa_form='matched'"
+        )
+    return config
+
 
 def _step_config() -> ml_collections.ConfigDict:
     """The fields the train and eval steps read (resam_jax.method.train_step, resam_jax.method.eval_step)."""
     config = ml_collections.ConfigDict()
+    # The switches of METHOD_VARIANTS hold the "v1" values; resolve_method_variant moves them to
+    # the variant's.
     config.method = ml_collections.ConfigDict(
         dict(
             mode="resam",  # "resam" | "supervised" | "direct"
+            variant="v1",  # "v1" | "camera": the public branch whose step it is (METHOD_VARIANTS)
+            refine_entropy="nats",  # H in "nats" | "bits" (H / ln 2, in [0, 1])
             refine_threshold=0.3,  # keep pixel if p * (1 - H) > threshold
             requery=True,  # False: train on the refined masks ("Refine only" ablation)
             ema_rate=0.0,  # teacher LoRA EMA; 0 = the current student (public code)
+            mask_loss="focal",  # the pixel term beside dice: "focal" | "bce"
             focal_alpha=0.8,
             focal_gamma=2.0,
-            focal_weight=20.0,
+            focal_weight=20.0,  # mask_loss="focal"
+            bce_weight=0.1,  # mask_loss="bce"
             dice_weight=1.0,
             iou_weight=1.0,
-            ssa_form="matched",  # "matched" (public code) | "softmax" (paper v1)
+            ssa_source="queue",  # SSA over the full queues | the step's "batch" (once they are full)
+            ssa_form="matched",  # "matched" (public code) | "softmax" (paper v1); queue only
             ssa_tau=0.05,  # softmax form only
             ssa_queue_size=32,
+            ssa_schedule="sigmoid",  # "sigmoid" | "constant" (the weight is ssa_max_weight)
             ssa_max_weight=4.0,  # beta(e) = ssa_max_weight / (1 + exp(-(e - (E + 1) / 2)))
             outlier_factor=4.0,
             outlier_window=50,
-            outlier_rule="public",  # "public" (LossWatcher) | "accepted"; train_state.LossWindow
+            # "public" (LossWatcher) | "accepted" | "none"; train_state.LossWindow
+            outlier_rule="public",
             iou_target_on="logits",  # IoU-head target: logits >= 0.5 (public) | "probs"
         )
     )
@@ -87,8 +145,9 @@ def base_config() -> ml_collections.ConfigDict:
     augmentations before the resize (data.strong_before_resize=True), IoU-head target on logits
     >= 0.5 (method.iou_target_on="logits"), the public loss watcher (method.outlier_rule=
     "public"); evaluation repeated over eval.prompt_seeds=3 point draws (mean and std). The
-    public code's three bugs stay fixed (SSA with gradient, slot-aligned Requery, one weak
-    encoding).
+    step is the public master branch's (method.variant="v1"; "camera" is the camera branch's,
+    set by resolve_method_variant when the run starts). The public code's three bugs stay fixed
+    (SSA with gradient, slot-aligned Requery, one weak encoding).
     """
     config = _step_config()
     config.seed = 1337
@@ -134,5 +193,8 @@ def base_config() -> ml_collections.ConfigDict:
         # After a ReSAM run, run the same config in <workdir>/supervised with mode "supervised"
         # (GT masks) and add its final row to the table (the demo's upper bound).
         compare_with_supervised=False,
+        # After a ReSAM run, run the same config with each of these method.variant values in
+        # <workdir>/<variant> and add its final row to the table (the demo's camera row).
+        compare_variants=(),
     )
     return config

@@ -1,8 +1,11 @@
-"""Segmentation losses of the student, per instance, as in the public ReSAM/WeSAM code.
+"""Segmentation losses of the student, per instance, as in the public ReSAM/WeSAM code (focal:
+master branch; BCE: camera branch).
 
 All per-instance functions take logits [..., H, W] and binary targets [..., H, W] and return
 one value per instance [...]; `masked_mean` averages them over the valid instances only.
 """
+
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -15,15 +18,28 @@ _BCE_LOG_FLOOR = -100.0
 _IOU_EPS = 1e-7
 
 
-def focal_loss(logits: jax.Array, targets: jax.Array, alpha: float, gamma: float) -> jax.Array:
-    """Pixel mean of alpha * (1 - exp(-BCE))^gamma * BCE, BCE on sigmoid probabilities."""
+MaskLoss = Literal["focal", "bce"]
+
+
+def _pixel_bce(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-pixel binary cross-entropy of sigmoid(logits), its log terms floored as torch's are."""
     logits = logits.astype(jnp.float32)
     targets = targets.astype(jnp.float32)
     log_p = jnp.maximum(jax.nn.log_sigmoid(logits), _BCE_LOG_FLOOR)
     log_not_p = jnp.maximum(jax.nn.log_sigmoid(-logits), _BCE_LOG_FLOOR)
-    bce = -(targets * log_p + (1.0 - targets) * log_not_p)
-    focal = alpha * (1.0 - jnp.exp(-bce)) ** gamma * bce
-    return jnp.mean(focal, axis=(-2, -1))
+    return -(targets * log_p + (1.0 - targets) * log_not_p)
+
+
+def focal_loss(logits: jax.Array, targets: jax.Array, alpha: float, gamma: float) -> jax.Array:
+    """Pixel mean of alpha * (1 - exp(-BCE))^gamma * BCE, BCE on sigmoid probabilities."""
+    bce = _pixel_bce(logits, targets)
+    return jnp.mean(alpha * (1.0 - jnp.exp(-bce)) ** gamma * bce, axis=(-2, -1))
+
+
+def bce_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Pixel mean of the binary cross-entropy on sigmoid probabilities (the camera branch's
+    BCELossSimple; like focal_loss, it differs from it only where float32 sigmoid saturates)."""
+    return jnp.mean(_pixel_bce(logits, targets), axis=(-2, -1))
 
 
 def dice_loss(logits: jax.Array, targets: jax.Array, smooth: float = 1.0) -> jax.Array:
@@ -70,11 +86,18 @@ def instance_losses(
     focal_alpha: float,
     focal_gamma: float,
     iou_target_on: ThresholdOn,
+    mask_loss: MaskLoss = "focal",
 ) -> dict[str, jax.Array]:
-    """Focal, dice and IoU-regression losses of every instance [...] (segmentation_losses'
-    arguments, without `valid`)."""
+    """The mask term (focal or bce), dice and IoU-regression losses of every instance [...]
+    (segmentation_losses' arguments, without `valid`)."""
+    if mask_loss == "focal":
+        pixel_term = focal_loss(logits, targets, focal_alpha, focal_gamma)
+    elif mask_loss == "bce":
+        pixel_term = bce_loss(logits, targets)
+    else:
+        raise ValueError(f"unknown mask loss {mask_loss!r}; expected 'focal' or 'bce'")
     return {
-        "focal": focal_loss(logits, targets, focal_alpha, focal_gamma),
+        mask_loss: pixel_term,
         "dice": dice_loss(logits, targets),
         "iou": iou_regression_loss(iou_predictions, logits, targets, iou_target_on),
     }
@@ -88,8 +111,10 @@ def segmentation_losses(
     focal_alpha: float,
     focal_gamma: float,
     iou_target_on: ThresholdOn,
+    mask_loss: MaskLoss = "focal",
 ) -> dict[str, jax.Array]:
-    """Focal, dice and IoU-regression losses averaged over the valid instances.
+    """The mask term ("focal" or "bce", keyed by its name), dice and IoU-regression losses
+    averaged over the valid instances.
 
     Args:
         logits: student logits in the input frame [B, N, H, W].
@@ -99,6 +124,6 @@ def segmentation_losses(
         iou_target_on: how the IoU head's target binarises the logits (see mask_iou).
     """
     losses = instance_losses(
-        logits, iou_predictions, targets, focal_alpha, focal_gamma, iou_target_on
+        logits, iou_predictions, targets, focal_alpha, focal_gamma, iou_target_on, mask_loss
     )
     return {name: masked_mean(values, valid) for name, values in losses.items()}

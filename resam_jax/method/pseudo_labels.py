@@ -10,7 +10,7 @@ from typing import NamedTuple
 import jax
 
 from resam_jax.method.instances import in_instance_chunks
-from resam_jax.method.refine import refine_masks
+from resam_jax.method.refine import EntropyUnit, refine_masks
 from resam_jax.method.requery import pseudo_labels, requery_prompts
 from resam_jax.models import Backbone, Embedding, Prompts
 
@@ -33,6 +33,7 @@ def teacher_pseudo_labels(
     instance_valid: jax.Array,
     refine_threshold: float,
     instance_chunk: int = 0,
+    refine_entropy: EntropyUnit = "nats",
 ) -> PseudoLabels:
     """Refine and Requery: one encoding of the weak view serves both teacher decodes.
 
@@ -41,7 +42,7 @@ def teacher_pseudo_labels(
         weak_image: uint8 weak view [B, S, S, 3]; content_mask: bool [B, S, S].
         point_prompts: {"points", "point_labels"} of the batch.
         instance_valid: bool [B, N].
-        refine_threshold: see refine_masks.
+        refine_threshold, refine_entropy: see refine_masks.
         instance_chunk: the decoder runs on this many instance slots at a time
             (in_instance_chunks; 0: all at once).
     """
@@ -51,7 +52,9 @@ def teacher_pseudo_labels(
         return teacher.decode_masks(weak_embedding, prompts)[0]
 
     refine_logits = in_instance_chunks(decode, point_prompts, instance_chunk)
-    refined, overlap_fraction = refine_masks(refine_logits, instance_valid, refine_threshold)
+    refined, overlap_fraction = refine_masks(
+        refine_logits, instance_valid, refine_threshold, refine_entropy
+    )
     boxes, valid = requery_prompts(refined, instance_valid)
     requery_logits = in_instance_chunks(decode, {"boxes": boxes}, instance_chunk)
     return PseudoLabels(

@@ -4,17 +4,27 @@ All functions work on batched, padded instances [B, N, ...] with a validity mask
 compilation serves every batch.
 """
 
+import math
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
+
+EntropyUnit = Literal["nats", "bits"]
 
 # The public code clamps probabilities before the entropy so that log() stays finite.
 _PROB_CLAMP = 1e-6
 
 
-def entropy_confidence(logits: jax.Array) -> jax.Array:
-    """p * (1 - H(p)) per pixel, with H the binary entropy in nats (not normalised)."""
+def entropy_confidence(logits: jax.Array, entropy_unit: EntropyUnit = "nats") -> jax.Array:
+    """p * (1 - H(p)) per pixel, with H the binary entropy in nats (public master branch, not
+    normalised) or in bits (camera branch: H / ln 2, in [0, 1])."""
     p = jnp.clip(jax.nn.sigmoid(logits.astype(jnp.float32)), _PROB_CLAMP, 1.0 - _PROB_CLAMP)
     entropy = -(p * jnp.log(p) + (1.0 - p) * jnp.log1p(-p))
+    if entropy_unit == "bits":
+        entropy = entropy / math.log(2.0)
+    elif entropy_unit != "nats":
+        raise ValueError(f"unknown entropy unit {entropy_unit!r}; expected 'nats' or 'bits'")
     return p * (1.0 - entropy)
 
 
@@ -40,17 +50,22 @@ def remove_overlaps(masks: jax.Array, instance_valid: jax.Array) -> tuple[jax.Ar
 
 
 def refine_masks(
-    logits: jax.Array, instance_valid: jax.Array, threshold: float
+    logits: jax.Array,
+    instance_valid: jax.Array,
+    threshold: float,
+    entropy_unit: EntropyUnit = "nats",
 ) -> tuple[jax.Array, jax.Array]:
     """Refine stage: confident pixels (p * (1 - H) > threshold) without overlaps.
 
     Args:
         logits: teacher's single-mask logits upsampled to the input frame, [B, N, H, W].
         instance_valid: bool [B, N].
-        threshold: confidence threshold (0.3 in the paper and the public code).
+        threshold: confidence threshold (0.3 in the paper and the public master branch, with H
+            in nats; 0.5 in the camera branch, with H in bits).
+        entropy_unit: see entropy_confidence.
 
     Returns:
         (refined masks bool [B, N, H, W], removed overlap fraction float32 [B]); see remove_overlaps.
     """
-    confident = entropy_confidence(logits) > threshold
+    confident = entropy_confidence(logits, entropy_unit) > threshold
     return remove_overlaps(confident, instance_valid)

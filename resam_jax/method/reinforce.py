@@ -2,7 +2,9 @@
 
 Instance features are box-pooled from the image embeddings, L2-normalised and pushed into two
 FIFO queues (weak view from the teacher, strong view from the student) kept as fixed-size ring
-buffers. The loss is computed over the queues once they are full.
+buffers. The loss is computed over the queues once they are full (source "queue", the public
+master branch), or over the step's own instances once the queues were full before the step
+(source "batch", the public camera branch, whose queues only say when SSA starts).
 
 Unlike the public code, whose queues only ever hold detached features (so SSA never trains
 anything), the entries written in the current step are the live strong-view features: the SSA
@@ -16,7 +18,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from resam_jax.method.losses import masked_mean
+
 SSAForm = Literal["matched", "softmax"]
+SSASource = Literal["queue", "batch"]
+SSASchedule = Literal["sigmoid", "constant"]
 
 # torch.nn.functional.normalize's default eps, kept for parity with the public code.
 _NORMALIZE_EPS = 1e-12
@@ -110,10 +116,14 @@ class FeatureQueues:
         )
 
 
+def alignment_distances(strong: jax.Array, weak: jax.Array) -> jax.Array:
+    """1 - cos(strong_i, weak_i) per row [...] (the public similarity_loss before its mean)."""
+    return 1.0 - jnp.sum(l2_normalize(strong) * l2_normalize(weak), axis=-1)
+
+
 def matched_alignment_loss(strong: jax.Array, weak: jax.Array) -> jax.Array:
     """Public-code SSA: mean over queue entries of 1 - cos(strong_i, weak_i)."""
-    cosine = jnp.sum(l2_normalize(strong) * l2_normalize(weak), axis=-1)
-    return jnp.mean(1.0 - cosine)
+    return jnp.mean(alignment_distances(strong, weak))
 
 
 def softmax_alignment_loss(strong: jax.Array, weak: jax.Array, tau: float) -> jax.Array:
@@ -150,6 +160,7 @@ def reinforce(
     stride: int,
     form: SSAForm,
     tau: float,
+    source: SSASource = "queue",
 ) -> tuple[jax.Array, FeatureQueues]:
     """Pushes this step's instance features and returns (SSA loss, updated queues).
 
@@ -160,22 +171,37 @@ def reinforce(
         boxes: float32 [B, N, 4] Requery boxes (the same boxes pool both views).
         valid: bool [B, N] instances that survived Refine/Requery.
         stride, form, tau: see box_pooled_features and ssa_loss.
+        source: "queue": ssa_loss over the queues after the push; "batch": the mean of
+            1 - cos(strong, weak) over this step's valid instances, zero unless the queues
+            were full before the push (form "matched" only).
 
     Returns:
-        The loss carries gradient only through the strong-view features written in this step.
+        The loss carries gradient only through the strong-view features of this step.
         The returned queues hold those live features too; the caller stores them as state, where
         they are constants from the next step on.
     """
     weak = l2_normalize(box_pooled_features(jax.lax.stop_gradient(weak_embedding), boxes, stride))
     strong = l2_normalize(box_pooled_features(strong_embedding, boxes, stride))
     feature_dim = weak.shape[-1]
-    queues = queues.push(
+    pushed = queues.push(
         weak.reshape(-1, feature_dim), strong.reshape(-1, feature_dim), valid.reshape(-1)
     )
-    return ssa_loss(queues, form, tau), queues
+    if source == "queue":
+        return ssa_loss(pushed, form, tau), pushed
+    if source == "batch":
+        loss = masked_mean(alignment_distances(strong, weak), valid)
+        return jnp.where(queues.full, loss, 0.0), pushed
+    raise ValueError(f"unknown SSA source {source!r}; expected 'queue' or 'batch'")
 
 
-def ssa_weight(epoch: jax.Array, num_epochs: int, max_weight: float) -> jax.Array:
-    """beta(e) = max_weight / (1 + exp(-(e - (E + 1) / 2))) for the 1-based epoch e of E: SSA
-    grows from a small share of the loss in the first epochs to max_weight in the last ones."""
-    return max_weight * jax.nn.sigmoid(epoch - (num_epochs + 1) / 2)
+def ssa_weight(
+    epoch: jax.Array, num_epochs: int, max_weight: float, schedule: SSASchedule = "sigmoid"
+) -> jax.Array:
+    """The SSA weight of the 1-based epoch e of E. "sigmoid" (master branch):
+    beta(e) = max_weight / (1 + exp(-(e - (E + 1) / 2))), growing from a small share of the loss
+    in the first epochs to max_weight in the last ones; "constant" (camera branch): max_weight."""
+    if schedule == "sigmoid":
+        return max_weight * jax.nn.sigmoid(epoch - (num_epochs + 1) / 2)
+    if schedule == "constant":
+        return jnp.float32(max_weight)
+    raise ValueError(f"unknown SSA schedule {schedule!r}; expected 'sigmoid' or 'constant'")

@@ -23,7 +23,7 @@ from resam_jax.models import LORA
 TRAIN_MODES = ("resam", "supervised")
 
 
-OUTLIER_RULES = ("public", "accepted")
+OUTLIER_RULES = ("public", "accepted", "none")
 
 
 @flax.struct.dataclass
@@ -36,8 +36,9 @@ class LossWindow:
                     after a rejection (a lasting rise is accepted once it fills the window).
         "accepted"  only accepted losses enter, the current one excluded from the mean; after
                     a lasting rise every later step can be rejected (lock-in).
+        "none"      no ratio test and no window (the camera branch has no LossWatcher).
     Either way the ratio test starts once the window is full, and a non-finite loss is an
-    outlier that never enters.
+    outlier that never enters (also under "none", where the camera branch would apply it).
     """
 
     values: jax.Array  # float32 [W]
@@ -75,6 +76,8 @@ class LossWindow:
             return ~finite | observed._too_large(loss, factor), observed
         if rule == "accepted":
             return ~finite | self._too_large(loss, factor), self.push(loss)
+        if rule == "none":
+            return ~finite, self
         raise ValueError(f"unknown outlier rule {rule!r}; expected one of {OUTLIER_RULES}")
 
 

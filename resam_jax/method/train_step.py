@@ -32,7 +32,7 @@ Batch = Mapping[str, jax.Array]
 TrainStep = Callable[[TrainState, nnx.State, Batch], tuple[TrainState, dict[str, jax.Array]]]
 
 # The loss terms whose weighted means over the micro-batches the step reports.
-WEIGHTED_TERMS = ("loss", "focal", "dice", "iou", "ssa", "ssa_weight")
+WEIGHTED_TERMS = ("loss", "focal", "bce", "dice", "iou", "ssa", "ssa_weight")
 
 
 def student_losses(
@@ -47,7 +47,8 @@ def student_losses(
     instance_chunk: int = 0,
 ) -> tuple[Embedding, dict[str, jax.Array]]:
     """The student's point-prompted masks scored against their targets: (its embedding of
-    `image`, the focal, dice and IoU terms as means over the `valid` instances [B, N]).
+    `image`, the mask term (method.mask_loss), dice and IoU terms as means over the `valid`
+    instances [B, N]).
 
     `instances` holds {"points", "point_labels", "targets"} of every instance slot; the decode
     and losses run instance_chunk slots at a time (in_instance_chunks)."""
@@ -61,7 +62,7 @@ def student_losses(
         )
         return instance_losses(
             logits, iou_predictions, chunk["targets"], method.focal_alpha, method.focal_gamma,
-            method.iou_target_on,
+            method.iou_target_on, method.mask_loss,
         )  # fmt: skip
 
     per_instance = in_instance_chunks(decode_losses, instances, instance_chunk)
@@ -83,9 +84,10 @@ def micro_step(
     Mode "resam": the teacher (EMA of the student's LoRA) encodes the weak view once, Refine and
     Requery both decode from that embedding (teacher_pseudo_labels); the student encodes the
     strong view and decodes with the original points; the loss is
-        focal_weight * focal + dice_weight * dice + iou_weight * IoU-MSE + beta(epoch) * SSA
-    over the instances that survive Requery. Mode "supervised": the GT masks on the weak view,
-    the same losses, no teacher or SSA. The teacher's decodes and the student's decode-and-loss
+        mask weight * mask term + dice_weight * dice + iou_weight * IoU-MSE + beta(epoch) * SSA
+    over the instances that survive Requery (mask term: focal_weight * focal, or bce_weight *
+    BCE, by method.mask_loss; SSA and beta by method.ssa_source and ssa_schedule). Mode
+    "supervised": the GT masks on the weak view, the same losses, no teacher or SSA. The teacher's decodes and the student's decode-and-loss
     run train.instance_chunk_size instance slots at a time (instances.in_instance_chunks).
     """
     method = config.method
@@ -97,6 +99,7 @@ def micro_step(
         pseudo = teacher_pseudo_labels(
             teacher, batch["weak_image"], batch["content_mask"], point_prompts,
             batch["instance_valid"], method.refine_threshold, instance_chunk,
+            method.refine_entropy,
         )  # fmt: skip
         # Requery's box-prompted masks, or (the "Refine only" ablation) the refined masks.
         targets = pseudo.masks if method.requery else pseudo.refined
@@ -115,8 +118,9 @@ def micro_step(
             graphdef, frozen, lora, method, student_image, batch["content_mask"],
             dict(point_prompts, targets=targets), valid, instance_chunk,
         )  # fmt: skip
+        mask_weight = {"focal": method.focal_weight, "bce": method.bce_weight}[method.mask_loss]
         total = (
-            method.focal_weight * parts["focal"]
+            mask_weight * parts[method.mask_loss]
             + method.dice_weight * parts["dice"]
             + method.iou_weight * parts["iou"]
         )
@@ -127,10 +131,12 @@ def micro_step(
             strong_features, _ = student.features(embedding)
             parts["ssa"], new_queues = reinforce(
                 queues, weak_features, strong_features, pseudo.boxes, valid, stride,
-                method.ssa_form, method.ssa_tau,
+                method.ssa_form, method.ssa_tau, method.ssa_source,
             )  # fmt: skip
             epoch = state.step // steps_per_epoch + 1
-            parts["ssa_weight"] = ssa_weight(epoch, config.train.num_epochs, method.ssa_max_weight)
+            parts["ssa_weight"] = ssa_weight(
+                epoch, config.train.num_epochs, method.ssa_max_weight, method.ssa_schedule
+            )
             total = total + parts["ssa_weight"] * parts["ssa"]
         return weight * total, (total, parts, new_queues)
 

@@ -33,6 +33,7 @@ def make_overlay_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict)
             batch_prompts(batch, "points"),
             batch["instance_valid"],
             config.method.refine_threshold,
+            refine_entropy=config.method.refine_entropy,
         )
         return {
             "prediction": binarize(logits, config.eval.threshold_on),
