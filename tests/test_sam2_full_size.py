@@ -8,10 +8,10 @@ Bounds as for SAM: image embedding and high-res features max abs diff <= 1e-4, l
 printed (pytest -s).
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("sam2")
@@ -89,7 +89,7 @@ def our_predict(model, features, point_coords=None, point_labels=None, box=None,
 
 
 def compare(predictor, model, pixels, label):
-    features = jax.jit(model.encode)(jnp.asarray(pixels))
+    features = nnx.jit(lambda model, pixels: model.encode(pixels))(model, jnp.asarray(pixels))
     expected = predictor._features
     diffs = {
         "image_embed": np.abs(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,7 +119,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, chunk_size: int | None =
     (jax.lax.map), each rematerialised, so at most one block of scores exists at a time."""
     b, lq, h, d = q.shape
     if chunk_size is not None and lq > chunk_size:
-        rows = math.gcd(lq, chunk_size)
+        rows = max(r for r in range(1, chunk_size + 1) if lq % r == 0)
         blocks = q.reshape(b, lq // rows, rows, h, d).transpose(1, 0, 2, 3, 4)
         attend = jax.checkpoint(lambda block: attention(block, k, v), prevent_cse=False)
         out = jax.lax.map(attend, blocks)
