@@ -36,6 +36,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "refine_only": {"method.requery": False, "method.ssa_max_weight": 0.0},
     "refine_requery": {"method.ssa_max_weight": 0.0},
     "resam": {},
+    "resam_camera": {"method.variant": "camera"},  # docs/method.md section 10
     "resam_ema": {"method.ema_rate": 0.99},
     "supervised": {"method.mode": "supervised"},
 }
@@ -44,6 +45,7 @@ LABELS = {
     "refine_only": "Refine only",
     "refine_requery": "Refine + Requery",
     "resam": "ReSAM (Refine + Requery + SSA)",
+    "resam_camera": "ReSAM (camera)",
     "resam_ema": "ReSAM, EMA teacher 0.99",
     "supervised": "Supervised (GT masks)",
 }

@@ -212,7 +212,7 @@ class Progress:
         eta = str(datetime.timedelta(seconds=round(remaining / rate))) if rate > 0 else "?"
         parts = " ".join(
             f"{name} {metrics[name]:.4f}"
-            for name in ("focal", "dice", "iou", "ssa")
+            for name in ("focal", "bce", "dice", "iou", "ssa")
             if name in metrics
         )
         return (
