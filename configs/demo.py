@@ -30,7 +30,15 @@ It ends with (per-instance IoU, F1, precision, recall on the 24 validation image
     evaluation                        images        iou         f1  precision     recall
     Direct SAM (step 0)                   24      47.29      61.42      96.14      48.47
     resam epoch 3 (step 72)               24      53.35      67.44      93.21      56.15
+    resam camera epoch 3 (step 72)        24      36.92      50.25      97.24      37.36
     supervised epoch 3 (step 72)          24      71.06      82.46      87.71      79.14
+
+The camera row is the public camera branch's step (method.variant="camera", docs/method.md
+section 10) on the same data, seeds and budget, in <workdir>/camera (train.compare_variants).
+Here it loses 10.4 points to Direct SAM: its Refine (p (1 - H / ln 2) > 0.5) keeps a smaller
+core of these under-segmented objects (refined IoU vs GT 34.8 in epoch 1, v1's 44.0), the
+student learns smaller masks, and the teacher's point masks shrink every epoch (IoU 49.0, 44.1,
+40.2; v1's grow: 50.5, 54.2, 56.0). The demo's learning rate was tuned for v1.
 
 ReSAM gains 6.1 IoU points here, about a quarter of what GT masks give (on two dev sets of other
 seeds, under the previous defaults, it gained 6.1 and 9.6). Its pseudo-label diagnostics (per
