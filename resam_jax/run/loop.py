@@ -132,7 +132,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         lora = parallel.replicate(initial_lora, mesh)
         run.evaluate(0, "Direct SAM", lora, lora)
         writer.close()
-        logging.info("\n%s", reporting.evaluation_table(run.rows))
         return {"steps": 0, "preempted": False, "evaluations": run.rows, "lora": lora}
 
     state = parallel.replicate(create_train_state(initial_lora, model.feature_dim, config), mesh)
@@ -149,11 +148,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         supervised.method.mode = "supervised"
         supervised.train.update(compare_with_supervised=False, eval_before_training=False)
         supervised.data.update(data_dir=str(data_dir), manual_dir=str(manual_dir or ""))
-        rows.append(train_and_evaluate(supervised, workdir / "supervised")["evaluations"][-1])
+        supervised_run = train_and_evaluate(supervised, workdir / "supervised")
+        preempted = supervised_run["preempted"]  # the same command resumes it
+        if not preempted:
+            rows.append(supervised_run["evaluations"][-1])
     if diagnostic_rows:
         logging.info("\n%s", reporting.diagnostics_table(diagnostic_rows))
-    if rows:
-        logging.info("\n%s", reporting.evaluation_table(rows))
     return {
         "steps": int(state.step),
         "preempted": preempted,
@@ -224,9 +224,12 @@ def _train(run: _Run, state, data_config, checkpoints, resume_step: int | None):
             run.writer.write(step, "train", means)
             logging.info(progress.line(step, epoch, means))
         epoch_end = step % steps_per_epoch == 0 or step == total_steps
-        if epoch_end and epoch_diagnostics:  # (after a resume: the steps since the resume)
+        if epoch_end and epoch_diagnostics:
             diagnostics = _mean_metrics(epoch_diagnostics)
             label = f"epoch {epoch} (step {step})"
+            first_counted = step - len(epoch_diagnostics) + 1
+            if first_counted > (epoch - 1) * steps_per_epoch + 1:  # resumed within the epoch
+                label = f"epoch {epoch} (step {step}, resumed: steps {first_counted}-{step} only)"
             run.writer.write(step, "pseudo_labels", diagnostics, label=label)
             diagnostic_rows.append((label, diagnostics))
         if epoch_end:
