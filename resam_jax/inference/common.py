@@ -45,9 +45,11 @@ def check_inside(
 def load_model(checkpoint: Path, pixel_norm: str = "auto"):
     """(SAM of a converted checkpoint, its pixel input). pixel_norm "auto" takes what the
     checkpoint's header records (tools/pretrain_sam.py writes it), else SAM's own "sam"."""
+    from resam_jax import compilation_cache
     from resam_jax.models.sam import PIXEL_NORMS, CheckpointError, CheckpointMismatchError, load_sam
     from resam_jax.models.sam.checkpoint import read_header
 
+    compilation_cache.enable()  # before the first compilation (RESAM_JAX_COMPILATION_CACHE)
     try:
         if pixel_norm == "auto":
             pixel_norm = read_header(checkpoint).get("source", {}).get("pixel_norm", "sam")

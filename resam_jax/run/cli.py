@@ -23,6 +23,11 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", None,
+    "JAX's persistent compilation cache folder; 'off' turns it off (default: "
+    "$RESAM_JAX_COMPILATION_CACHE, else ~/.cache/resam_jax/jax)",
+)  # fmt: skip
 VERBOSE = flags.DEFINE_bool(
     "verbose", False, "every library's log lines and TFDS's output too (default: the run's own)"
 )
@@ -32,13 +37,15 @@ _HELP = ("--help", "-h", "-?", "--helpfull", "--helpshort")
 
 def run_command(job: Callable[[], T]) -> T:
     """The body every run command shares (resam_jax.main and resam_jax.experiments): XLA's
-    default flags (parallel.set_default_xla_flags) and the multi-host set-up before anything
-    touches a JAX backend, quiet library logs, and a RunError (missing weights, unprepared data,
-    a bad config value) as one error line with exit code 2."""
-    from resam_jax import parallel
+    default flags (parallel.set_default_xla_flags), the multi-host set-up and the persistent
+    compilation cache (resam_jax.compilation_cache) before anything touches a JAX backend, quiet
+    library logs, and a RunError (missing weights, unprepared data, a bad config value) as one
+    error line with exit code 2."""
+    from resam_jax import compilation_cache, parallel
 
     parallel.set_default_xla_flags()
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    compilation_cache.enable(_COMPILATION_CACHE.value)
     from resam_jax.run import reporting
     from resam_jax.run.setup import RunError
 
