@@ -75,10 +75,11 @@ def test_dataset_configs_take_the_camera_argument():
     assert method_switches(config) == METHOD_VARIANTS["camera"]
 
 
-def test_a_camera_run_resolves_then_stops_at_the_missing_weights(tmp_path):
+def test_a_camera_run_resolves_then_stops_at_the_missing_data_or_weights(tmp_path):
     args = ("--config", REPO / "configs/nwpu.py", "--workdir", tmp_path / "run")
     code, output = run_module("resam_jax.main", *args, "--config.method.variant=camera")
-    assert code != 0 and "no converted SAM checkpoint" in output, output
+    assert code != 0, output
+    assert "is not prepared" in output or "no converted SAM checkpoint" in output, output
     code, output = run_module("resam_jax.main", *args, "--config.method.variant=camra")
     assert code != 0
     assert "config.method.variant='camra'; expected one of ('v1', 'camera')" in output, output

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from resam_jax import models, parallel
-from resam_jax.config import base_config
+from resam_jax.config import base_config, resolve_method_variant
 from resam_jax.data import pipeline
 from resam_jax.method.train_state import create_train_state, split_model
 from resam_jax.method.train_step import make_train_step
@@ -96,11 +96,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Runs config in workdir (resuming if it holds a checkpoint).
 
     Returns:
-        {"steps": steps done, "preempted": bool, "evaluations": [(label, scores), ...] (with
-         train.compare_with_supervised, the supervised run's last row at the end),
+        {"steps": steps done, "preempted": bool, "evaluations": [(label, scores), ...] (then
+         the last row of each train.compare_variants run, then with
+         train.compare_with_supervised the supervised run's last row),
          "pseudo_labels": [(epoch label, diagnostics), ...] (ReSAM),
          "lora": the final LoRA parameters (replicated arrays)}.
     """
+    try:
+        resolve_method_variant(config)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     mode = config.method.mode
     mesh = parallel.data_mesh()
     logging.info(
@@ -142,11 +147,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     diagnostic_rows = writer.rows("pseudo_labels") or diagnostic_rows
     rows = writer.rows("eval") or run.rows
     writer.close()
+    if mode == "resam" and not preempted:
+        # The other variants' rows: the same run with another method.variant, in its workdir.
+        for variant in config.train.compare_variants:
+            other = config.copy_and_resolve_references()
+            other.method.variant = variant
+            other.train.update(
+                compare_variants=(), compare_with_supervised=False, eval_before_training=False
+            )
+            other.data.update(data_dir=str(data_dir), manual_dir=str(manual_dir or ""))
+            other_run = train_and_evaluate(other, workdir / variant)
+            preempted = other_run["preempted"]  # the same command resumes it
+            if preempted:
+                break
+            rows.append(other_run["evaluations"][-1])
     if config.train.compare_with_supervised and mode != "supervised" and not preempted:
         # The Supervised row: the same run on the GT masks, in its own workdir.
         supervised = config.copy_and_resolve_references()
         supervised.method.mode = "supervised"
-        supervised.train.update(compare_with_supervised=False, eval_before_training=False)
+        supervised.train.update(
+            compare_variants=(), compare_with_supervised=False, eval_before_training=False
+        )
         supervised.data.update(data_dir=str(data_dir), manual_dir=str(manual_dir or ""))
         supervised_run = train_and_evaluate(supervised, workdir / "supervised")
         preempted = supervised_run["preempted"]  # the same command resumes it
@@ -168,6 +189,9 @@ def _train(run: _Run, state, data_config, checkpoints, resume_step: int | None):
     train.log_every_steps, pseudo-label diagnostics per epoch, checkpoints, evaluations;
     SIGTERM saves and stops. Returns (state, diagnostic rows, preempted)."""
     config, mode = run.config, run.config.method.mode
+    # The row's name: the mode, and a ReSAM variant other than the default.
+    variant = config.method.variant
+    name = f"{mode} {variant}" if mode == "resam" and variant != "v1" else mode
     train_split = config.data.train_split
     steps_per_epoch = train_steps_per_epoch(data_config, train_split)
     total_steps = config.train.max_steps or config.train.num_epochs * steps_per_epoch
@@ -237,7 +261,7 @@ def _train(run: _Run, state, data_config, checkpoints, resume_step: int | None):
         if step % config.train.checkpoint_every_steps == 0 or epoch_end:
             checkpoints.save(step, state, train_iterator)
         if epoch_end and (epoch % config.train.eval_every_epochs == 0 or step == total_steps):
-            run.evaluate(step, f"{mode} epoch {epoch} (step {step})", state.lora, teacher(state))
+            run.evaluate(step, f"{name} epoch {epoch} (step {step})", state.lora, teacher(state))
         if step < total_steps and preemption.should_stop(step):
             checkpoints.save(step, state, train_iterator)
             logging.warning(
