@@ -1,8 +1,10 @@
 """What the three prediction commands share: their one error class, image decoding, the check
-that prompts lie inside the image, and loading a converted checkpoint with its pixel input."""
+that prompts lie inside the image, and loading a converted checkpoint (SAM with its pixel input,
+or SAM 2, told apart by the checkpoint's header)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -59,3 +61,33 @@ def load_model(checkpoint: Path, pixel_norm: str = "auto"):
     if pixel_norm not in PIXEL_NORMS:
         raise PredictError(f"--pixel-norm must be auto or one of {PIXEL_NORMS}, got {pixel_norm!r}")
     return model, pixel_norm
+
+
+SAM2_FORMAT = "resam-jax/sam2/1"  # resam_jax.models.sam2.checkpoint.FORMAT
+
+
+def checkpoint_family(checkpoint: Path) -> str:
+    """The family of a converted checkpoint: "sam2" if its sam_checkpoint.json says the SAM 2
+    format, else "sam" (whose loader says what is wrong with anything else)."""
+    try:
+        header = json.loads((Path(checkpoint) / "sam_checkpoint.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return "sam"
+    return "sam2" if isinstance(header, dict) and header.get("format") == SAM2_FORMAT else "sam"
+
+
+def load_sam2_model(checkpoint: Path, pixel_norm: str = "auto"):
+    """The SAM 2 of a converted checkpoint; its pixel input is fixed (ImageNet mean / std)."""
+    from resam_jax import compilation_cache
+    from resam_jax.models.sam2.checkpoint import CheckpointError, load_sam2
+
+    if pixel_norm not in ("auto", "sam"):
+        raise PredictError(
+            f"--pixel-norm {pixel_norm} is for SAM checkpoints; {checkpoint} is a SAM 2 "
+            "checkpoint, whose pixels are always normalised as SAM2ImagePredictor does (auto)"
+        )
+    compilation_cache.enable()  # before the first compilation (RESAM_JAX_COMPILATION_CACHE)
+    try:
+        return load_sam2(checkpoint)
+    except CheckpointError as e:
+        raise PredictError(str(e)) from None

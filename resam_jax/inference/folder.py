@@ -261,7 +261,8 @@ def predict_images(predictor, images: Sequence[ImagePrompts], multimask: bool) -
                 prompt.points, prompt.labels, prompt.box, multimask_output=multimask
             )
             best = int(np.argmax(iou))
-            results.append(coco_result(image.id, prompt, masks[best], iou[best]))
+            mask = np.asarray(masks[best], bool)  # SAM 2's predictor: 0 / 1 floats
+            results.append(coco_result(image.id, prompt, mask, iou[best]))
         print(f"[{count}/{len(images)}] {image.path.name}: {len(image.prompts)} mask(s)")
     return results
 

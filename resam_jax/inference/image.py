@@ -1,5 +1,6 @@
-"""Segment one image with a converted SAM checkpoint from point and box prompts, or a whole
-folder from COCO-style prompts (resam_jax/inference/folder.py says the format).
+"""Segment one image with a converted SAM or SAM 2 checkpoint (told apart by its header) from
+point and box prompts, or a whole folder from COCO-style prompts (resam_jax/inference/folder.py
+says the format).
 
     python -m resam_jax.predict --checkpoint weights/sam_vit_b --image ship.png \\
         --point 420,310,1 --point 100,80,0 --box 380,260,470,360 --multimask \\
@@ -22,7 +23,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from resam_jax.inference.common import PredictError, check_inside, load_image, load_model
+from resam_jax.inference.common import (
+    PredictError,
+    check_inside,
+    checkpoint_family,
+    load_image,
+    load_model,
+    load_sam2_model,
+)
 from resam_jax.visualize import draw_point, tint_instances
 
 
@@ -129,6 +137,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _load_predictor(checkpoint: Path, pixel_norm: str):
+    """SamPredictor or, for a SAM 2 checkpoint (told by its header), Sam2ImagePredictor."""
+    if checkpoint_family(checkpoint) == "sam2":
+        from resam_jax.inference.predictor_sam2 import Sam2ImagePredictor
+
+        return Sam2ImagePredictor(load_sam2_model(checkpoint, pixel_norm))
     from resam_jax.inference.predictor import SamPredictor
 
     return SamPredictor(*load_model(checkpoint, pixel_norm))
@@ -157,6 +170,7 @@ def _predict_image(args: argparse.Namespace) -> str:
     labels = np.asarray([p[2] for p in args.point], np.int32) if args.point else None
     box = np.asarray(args.box, np.float32) if args.box is not None else None
     masks, iou, low_res = predictor.predict(points, labels, box, multimask_output=args.multimask)
+    masks = masks.astype(bool)  # SAM 2's predictor returns 0 / 1 floats
     args.output.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.output, masks=masks, iou_predictions=iou, low_res_logits=low_res)
     if args.overlay:
