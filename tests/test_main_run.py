@@ -314,6 +314,7 @@ def test_demo_command_writes_every_output(tmp_path):
     assert (workdir / "export" / "sam_merged" / "sam_checkpoint.json").is_file()
     assert len(list((workdir / "overlays").glob("step_*/*.png"))) == 8
     assert (workdir / "supervised" / "export" / "lora").is_dir()
+    assert (workdir / "camera" / "export" / "lora").is_dir()  # train.compare_variants
     assert "RANDOMLY INITIALISED" not in result.stderr  # it starts from the packaged SAM
 
     # Quiet by default (issue 18): no library chatter, the table once, at the end of stdout.
@@ -321,11 +322,16 @@ def test_demo_command_writes_every_output(tmp_path):
         assert noise not in result.stderr + result.stdout, noise
     assert result.stdout.count("Direct SAM (step 0)") == 1, result.stdout
     assert f"Outputs in {workdir.resolve()}" in result.stdout
-    # The output ends with the three rows; IoU is the third column. Measured: Direct 47.2,
-    # ReSAM 50.4, Supervised 71.1; the margins asked for here are a third of those or less.
-    rows = result.stdout.rstrip().splitlines()[-3:]
-    labels = ("Direct SAM (step 0)", "resam epoch 3 (step 72)", "supervised epoch 3 (step 72)")
-    assert [row.startswith(label) for row, label in zip(rows, labels)] == [True] * 3, rows
+    # The output ends with the four rows; IoU is the third column. Measured: Direct 47.3,
+    # ReSAM 53.4, ReSAM camera 36.9, Supervised 71.1; the margins asked for here are a third of
+    # those or less (the camera row is only checked to be there: docs/method.md section 10).
+    rows = result.stdout.rstrip().splitlines()[-4:]
+    labels = [
+        "Direct SAM (step 0)", "resam epoch 3 (step 72)", "resam camera epoch 3 (step 72)",
+        "supervised epoch 3 (step 72)",
+    ]  # fmt: skip
+    assert [row.startswith(label) for row, label in zip(rows, labels)] == [True] * 4, rows
+    del rows[2], labels[2]
     direct, resam, supervised = (
         float(row[len(label) :].split()[1]) for row, label in zip(rows, labels)
     )
