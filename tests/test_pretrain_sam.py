@@ -75,3 +75,29 @@ def test_packaged_small_sam_header_and_parameters():
     config, params = load_sam_params(directory)  # checks every shape against the config
     assert config.model_type == "small" and config.lora_start_layer is None
     assert sum(v.nbytes for v in params.values()) < 20e6
+
+
+def test_tiles_and_a_wider_deeper_encoder_are_packaged_as_trained(synthetic_data, tmp_path):
+    _, data_dir = synthetic_data
+    extra = ["--tile-size", "48", "--encoder-width", "64", "--encoder-depth", "3", "--steps", "2"]
+    result = pretrain_sam.run(
+        _args(
+            data_dir,
+            tmp_path / "ckpt",
+            *extra,
+            "--eval-split",
+            "val",
+            "--output",
+            str(tmp_path / "sam"),
+        )  # fmt: skip
+    )
+    assert result["step"] == 2 and all(np.isfinite(result["losses"]))
+    model = load_sam(tmp_path / "sam")
+    config = model.config
+    assert (config.encoder_embed_dim, config.encoder_num_heads, config.encoder_depth) == (64, 2, 3)
+    assert config.encoder_global_attn_indexes == (1,)
+    source = json.loads((tmp_path / "sam" / "sam_checkpoint.json").read_text())["source"]
+    assert "--tile-size 48 --encoder-width 64 --encoder-depth 3" in source["command"]
+    assert "native-resolution tiles of 48 px" in source["train_data"]
+    with pytest.raises(SystemExit, match="--encoder-width=40: expected a multiple of 32"):
+        pretrain_sam.run(_args(data_dir, tmp_path / "bad", "--encoder-width", "40"))

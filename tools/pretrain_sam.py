@@ -151,6 +151,24 @@ def prompt_scores(model: Sam, data: pipeline.DataConfig, split: str, seed: int) 
     return scores
 
 
+def encoder_overrides(args: argparse.Namespace) -> dict:
+    """sam_config overrides for --encoder-width / --encoder-depth (a wider or deeper encoder
+    than the model type's: the checkpoint's header records the resulting config)."""
+    overrides = {}
+    if args.encoder_width is not None:
+        if args.encoder_width < 32 or args.encoder_width % 32:
+            raise SystemExit(f"--encoder-width={args.encoder_width}: expected a multiple of 32")
+        overrides.update(encoder_embed_dim=args.encoder_width, encoder_num_heads=args.encoder_width // 32)  # fmt: skip
+    if args.encoder_depth is not None:
+        if args.encoder_depth < 2:
+            raise SystemExit(f"--encoder-depth={args.encoder_depth}: expected at least 2")
+        overrides.update(
+            encoder_depth=args.encoder_depth,
+            encoder_global_attn_indexes=tuple(range(1, args.encoder_depth, 2)),
+        )
+    return overrides
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.pretrain_sam", description=__doc__.split("\n")[0]
@@ -163,6 +181,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--source-half", choices=tuple(SOURCE_HALVES), default="first")
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="small")
     parser.add_argument("--image-size", type=int, default=None, help="default: the model type's")
+    parser.add_argument("--encoder-width", type=int, default=None,
+                        help="ViT width (heads: width / 32); default: the model type's")  # fmt: skip
+    parser.add_argument("--encoder-depth", type=int, default=None,
+                        help="ViT blocks, every second one global; default: the model type's")  # fmt: skip
     parser.add_argument("--tile-size", type=int, default=0,
                         help="native-resolution tiles of this side (data.tile_size); 0 = whole images")  # fmt: skip
     parser.add_argument("--max-instances", type=int, default=8,
@@ -195,7 +217,7 @@ def run(args: argparse.Namespace) -> dict:
     {"step": last step, "losses": this run's loss at each of its steps, "scores"}."""
     if args.package_only and not args.resume_dir:
         raise SystemExit("--package-only needs --resume-dir")
-    config = sam_config(args.model_type)
+    config = sam_config(args.model_type, **encoder_overrides(args))
     if args.image_size is not None:
         config = dataclasses.replace(config, image_size=args.image_size)
     args.image_size = config.image_size
@@ -301,6 +323,8 @@ def package(args, model, config, step, num_images, scores, train_seconds, final_
         args.dataset_config, "--data-dir", "DATA_DIR", "--split", args.split, "--source-half",
         args.source_half, "--model-type", args.model_type,
         "--image-size", str(args.image_size), "--tile-size", str(args.tile_size),
+        *(["--encoder-width", str(args.encoder_width)] if args.encoder_width else []),
+        *(["--encoder-depth", str(args.encoder_depth)] if args.encoder_depth else []),
         "--max-instances", str(args.max_instances),
         "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
         "--seed", str(args.seed), "--resume-dir", "CKPT_DIR", "--output", "OUTPUT",
