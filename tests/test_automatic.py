@@ -82,6 +82,7 @@ def generators(tmp_path_factory):
             Reference(reference, **options),
         )
 
+    make.checkpoint = root / "ckpt"
     return make
 
 
@@ -223,3 +224,93 @@ def test_options_are_checked():
         automatic.SamAutomaticMaskGenerator(model, output_mode="png")
     with pytest.raises(ValueError, match="points_per_side"):
         automatic.SamAutomaticMaskGenerator(model, points_per_side=0)
+
+
+# The converted .pth records no pixel input: the small SAM's is named.
+CLI_OPTIONS = ["--pixel-norm", "unit", "--points-per-side", "8", "--pred-iou-thresh", "0.15"]
+CLI_OPTIONS += ["--stability-score-thresh", "0.8", "--stability-score-offset", "0.1"]
+
+
+def test_predict_everything_writes_the_generators_records(generators, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from resam_jax.inference.image import main as predict_main
+
+    image = nwpu_image("001.jpg")
+    Image.fromarray(image).save(tmp_path / "x.png")
+    args = ["--checkpoint", generators.checkpoint, "--image", tmp_path / "x.png", "--everything"]
+    args += [*CLI_OPTIONS, "--output", tmp_path / "masks.json", "--overlay", tmp_path / "o.png"]
+    assert predict_main([str(a) for a in args]) == 0, capsys.readouterr().err
+    records = json.loads((tmp_path / "masks.json").read_text())
+    ours, _ = generators(**dict(OPTIONS, points_per_side=8))
+    expected = ours.generate(image)
+    assert len(records) == len(expected) > 0
+    for record, other in zip(records, expected):
+        assert record["segmentation"] == other["segmentation"]
+        assert record["score"] == record["predicted_iou"] == other["predicted_iou"]
+        assert record["stability_score"] == other["stability_score"]
+    assert (tmp_path / "o.png").is_file()
+
+
+def test_predict_scene_everything_writes_labels_and_polygons(generators, tmp_path, capsys):
+    """A GeoTIFF scene in 2 x 2 tiles: instance labels and one polygon per instance, with the
+    generator's scores and instances from several tiles."""
+    import json
+
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from resam_jax.inference.scene import main as scene_main
+
+    image = nwpu_image("001.jpg")  # 384 x 324: 2 x 2 tiles of 256
+    height, width = image.shape[:2]
+    scene = tmp_path / "scene.tif"
+    with rasterio.open(
+        scene, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8",
+        crs="EPSG:32633", transform=from_origin(500000, 4000000, 0.5, 0.5),
+    ) as dataset:  # fmt: skip
+        dataset.write(np.moveaxis(image, -1, 0))
+    args = ["--checkpoint", generators.checkpoint, "--image", scene, "--everything", *CLI_OPTIONS]
+    args += ["--tile-size", "256", "--overlap", "128"]
+    args += ["--output", tmp_path / "labels.tif", "--vectors", tmp_path / "instances.geojson"]
+    assert scene_main([str(a) for a in args]) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert summary["tiles"] == 4 and summary["instances"] > 10, summary
+    with rasterio.open(tmp_path / "labels.tif") as labels:
+        assert labels.crs.to_epsg() == 32633 and labels.transform == dataset.transform
+        pixels = labels.read(1)
+    features = json.loads((tmp_path / "instances.geojson").read_text())["features"]
+    assert len(features) == summary["instances"]
+    for label, feature in enumerate(features, start=1):
+        properties = feature["properties"]
+        assert properties["label"] == label and properties["pixels"] == (pixels == label).sum()
+        assert properties["predicted_iou"] > 0.15 and properties["stability_score"] >= 0.8
+    boxes = np.array([f["properties"]["tile"] for f in features])
+    assert len(np.unique(boxes, axis=0)) > 1, "all instances from one tile"
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--points-per-side", "0"], "--points-per-side must be at least 1"),
+        (["--output-nothing"], None),
+    ],
+)
+def test_bad_everything_input_is_one_error_line(tmp_path, capsys, flags, fragment):
+    from resam_jax.inference.image import main as predict_main
+
+    if fragment is None:  # a missing image
+        args = ["--image", tmp_path / "none.png"]
+        fragment = "none.png does not exist"
+    else:
+        from PIL import Image
+
+        Image.new("RGB", (40, 30)).save(tmp_path / "x.png")
+        args = ["--image", tmp_path / "x.png", *flags]
+    args = ["--checkpoint", SMALL_NWPU_SAM_CHECKPOINT, *args, "--everything"]
+    assert predict_main([str(a) for a in args + ["--output", tmp_path / "m.json"]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
+    assert not (tmp_path / "m.json").exists()

@@ -396,14 +396,16 @@ class SamAutomaticMaskGenerator:
 
 
 def check_options(
-    points_per_side: int,
-    points_per_batch: int,
-    crop_n_layers: int,
-    crop_n_points_downscale_factor: int,
-    min_mask_region_area: int,
-    output_mode: str,
+    points_per_side: int = 32,
+    points_per_batch: int = 64,
+    crop_n_layers: int = 0,
+    crop_n_points_downscale_factor: int = 1,
+    min_mask_region_area: int = 0,
+    output_mode: str = "binary_mask",
+    **thresholds: float,
 ) -> None:
-    """A ValueError naming the option for a value the generator cannot take."""
+    """A ValueError naming the option for a value the generator cannot take (the thresholds
+    take any number)."""
     for name, value, least in (
         ("points_per_side", points_per_side, 1),
         ("points_per_batch", points_per_batch, 1),

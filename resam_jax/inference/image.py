@@ -7,11 +7,15 @@ says the format).
         --output ship.npz --overlay ship.png
     python -m resam_jax.predict --checkpoint weights/sam_vit_b --images scenes/ \\
         --prompts prompts.json --output results.json [--ground-truth instances.json]
+    python -m resam_jax.predict --checkpoint weights/sam_vit_b --image ship.png --everything \\
+        --output masks.json [--points-per-side 32 --pred-iou-thresh 0.88 ...]
 
 Coordinates are pixels of the original image; a point's label is 1 (object)
 or 0 (background). The .npz holds `masks` (bool [M, H, W]), `iou_predictions`
 (float32 [M]) and `low_res_logits` (float32 [M, 256, 256]), as
-segment_anything.SamPredictor.predict returns them.
+segment_anything.SamPredictor.predict returns them. --everything segments without prompts
+(resam_jax/inference/automatic.py): masks.json lists segment_anything's SamAutomaticMaskGenerator
+records with COCO RLE segmentations and `score` (the predicted IoU).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from resam_jax.inference import everything
 from resam_jax.inference.common import (
     PredictError,
     check_inside,
@@ -115,13 +120,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "checkpoint's record, else sam",
     )
     parser.add_argument(
-        "--output", required=True, type=Path, help="OUT.npz (--image) or results.json (--images)"
+        "--output",
+        required=True,
+        type=Path,
+        help="OUT.npz (--image), results.json (--images) or masks.json (--everything)",
     )
     parser.add_argument(
         "--overlay", type=Path, help="OUT.png: the image with masks and prompts drawn"
     )
+    everything.add_arguments(parser, crops=True)
     args = parser.parse_args(argv)
-    if args.image is not None:
+    if args.everything:
+        if args.image is None or args.point or args.box is not None or args.multimask:
+            parser.error("--everything takes one --image and no --point, --box or --multimask")
+    elif args.image is not None:
         if not args.point and args.box is None:
             parser.error("give at least one --point or a --box")
         if args.prompts or args.ground_truth:
@@ -180,6 +192,25 @@ def _predict_image(args: argparse.Namespace) -> str:
     return f"{len(masks)} mask(s) of {masks.shape[1]}x{masks.shape[2]} -> {args.output} (predicted IoU {scores})"
 
 
+def _segment_everything(args: argparse.Namespace) -> str:
+    from pycocotools import mask as mask_utils
+
+    options = everything.generator_options(args, crops=True)
+    image = load_image(args.image)
+    if checkpoint_family(args.checkpoint) == "sam2":
+        raise PredictError(f"--everything takes a SAM checkpoint; {args.checkpoint} is SAM 2")
+    records = everything.segment_image(
+        lambda: load_model(args.checkpoint, args.pixel_norm), image, args.output, options
+    )
+    if args.overlay:
+        args.overlay.parent.mkdir(parents=True, exist_ok=True)
+        masks = [mask_utils.decode(r["segmentation"]).astype(bool) for r in records]
+        draw_overlay(image, np.asarray(masks).reshape(-1, *image.shape[:2]), [], None).save(
+            args.overlay
+        )
+    return f"{len(records)} mask(s) -> {args.output} (COCO RLE, predicted IoU and stability)"
+
+
 def _predict_folder(args: argparse.Namespace) -> str:
     from resam_jax.inference import folder as predict_folder
 
@@ -203,7 +234,12 @@ def _predict_folder(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
-        message = _predict_folder(args) if args.images is not None else _predict_image(args)
+        if args.everything:
+            message = _segment_everything(args)
+        elif args.images is not None:
+            message = _predict_folder(args)
+        else:
+            message = _predict_image(args)
     except PredictError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,6 +3,8 @@
     python -m resam_jax.predict_scene --checkpoint weights/sam_vit_b --image scene.tif \\
         --prompts prompts.geojson --output masks.tif --vectors instances.geojson \\
         [--tile-size 1024 --overlap 256 --batch-tiles 4 --multimask --bands 1,2,3]
+    python -m resam_jax.predict_scene --checkpoint weights/sam_vit_b --image scene.tif \\
+        --everything --output labels.tif --vectors instances.geojson [--points-per-side 32 ...]
 
 Prompts: a GeoJSON FeatureCollection. Each feature carries an `id` property (or a feature
 `id`); the features that share an id form one prompt. Point / MultiPoint features are points,
@@ -40,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from resam_jax.files import staged
+from resam_jax.inference import everything
 from resam_jax.inference.common import PredictError, check_inside, load_model
 from resam_jax.inference.tiling import Prompt, Tile, paste_instance, route, tile_grid
 
@@ -293,6 +296,46 @@ def instance_features(labels_out, prompts, scores, boxes, origins) -> list[dict]
     return features
 
 
+def label_outputs(
+    stack: contextlib.ExitStack, scene, output: Path, vectors: Path, count: int
+) -> tuple[object, Callable[[list[dict]], None]]:
+    """The label raster of `count` instances, open for window reads and writes, and `finish`,
+    which writes it (compressed) to `output` and the GeoJSON features to `vectors`. Both files
+    are renamed into place when `stack` closes without an error, removed on any failure."""
+    import rasterio
+    import rasterio.shutil
+
+    final = stack.enter_context(staged(output))
+    vectors_tmp = stack.enter_context(staged(vectors))
+    # The labels are merged in an uncompressed scratch file (windows are rewritten as
+    # instances arrive), compressed into `final` at the end.
+    work = (
+        Path(
+            stack.enter_context(
+                tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.")
+            )
+        )
+        / "work.tif"
+    )
+    labels_out = stack.enter_context(
+        rasterio.open(
+            work, "w+", driver="GTiff", width=scene.width, height=scene.height, count=1,
+            dtype="uint16" if count < 2**16 else "uint32", crs=scene.crs,
+            transform=scene.transform, tiled=True, blockxsize=256, blockysize=256,
+        )
+    )  # fmt: skip
+
+    def finish(features: list[dict]) -> None:
+        collection = {"type": "FeatureCollection", "features": features}
+        if (crs := crs_member(scene.crs)) is not None:
+            collection["crs"] = crs
+        labels_out.close()
+        rasterio.shutil.copy(work, final, driver="GTiff", COMPRESS="DEFLATE", TILED="YES")
+        vectors_tmp.write_text(json.dumps(collection) + "\n")
+
+    return labels_out, finish
+
+
 def segment_scene(
     load_model: Callable[[], tuple[object, str]],
     image_path: Path,
@@ -337,27 +380,7 @@ def segment_scene(
         tiles = tile_grid(scene.height, scene.width, tile_size, overlap)
         routed = route_prompts(prompts, tiles, scene, prompts_path, tile_size)
 
-        label_dtype = "uint16" if len(prompts) < 2**16 else "uint32"
-        # Renamed into place together at the end of the block, removed on any failure.
-        final = stack.enter_context(staged(output))
-        vectors_tmp = stack.enter_context(staged(vectors))
-        # The labels are merged in an uncompressed scratch file (windows are rewritten as
-        # instances arrive), compressed into `final` at the end.
-        work = (
-            Path(
-                stack.enter_context(
-                    tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.")
-                )
-            )
-            / "work.tif"
-        )
-        labels_out = stack.enter_context(
-            rasterio.open(
-                work, "w+", driver="GTiff", width=scene.width, height=scene.height, count=1,
-                dtype=label_dtype, crs=scene.crs, transform=scene.transform,
-                tiled=True, blockxsize=256, blockysize=256,
-            )
-        )  # fmt: skip
+        labels_out, finish = label_outputs(stack, scene, output, vectors, len(prompts))
         tile_shape = (tiles[0].height, tiles[0].width)
         segmenter = TileSegmenter(model, tile_shape, batch_tiles, pixel_norm, multimask)
         scores = np.full(len(prompts) + 1, -np.inf)  # predicted IoU per label, background first
@@ -377,12 +400,7 @@ def segment_scene(
             done += len(batch)
             log(f"{done}/{len(routed)} tiles with prompts ({len(tiles)} in the grid)")
         features = instance_features(labels_out, prompts, scores, boxes, origins)
-        collection = {"type": "FeatureCollection", "features": features}
-        if (crs := crs_member(scene.crs)) is not None:
-            collection["crs"] = crs
-        labels_out.close()
-        rasterio.shutil.copy(work, final, driver="GTiff", COMPRESS="DEFLATE", TILED="YES")
-        vectors_tmp.write_text(json.dumps(collection) + "\n")
+        finish(features)
         summary = {
             "scene": f"{scene.width}x{scene.height}",
             "prompts": len(prompts),
@@ -393,6 +411,96 @@ def segment_scene(
             "instances_with_pixels": sum(f["properties"]["pixels"] > 0 for f in features),
         }
     return summary
+
+
+class _Instance:
+    """A --everything instance as instance_features reads a prompt: its id (its label)."""
+
+    def __init__(self, prompt_id: int):
+        self.prompt_id = prompt_id
+
+
+def segment_everything(
+    load_model: Callable[[], tuple[object, str]],
+    image_path: Path,
+    output: Path,
+    vectors: Path,
+    options: dict,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    bands: list[int] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """--everything: every mask of the scene with no prompts (resam_jax.inference.automatic,
+    `options` its keyword arguments), written as the prompted command writes its instances, each
+    feature with its `stability_score` and grid `point` (scene pixels) besides; a summary.
+
+    Each tile is segmented as one crop of the scene: a mask within 20 px of a tile border inside
+    the scene is dropped there (the tile cut it) and found whole by a neighbour that holds it,
+    given an overlap wider than the object plus 40 px. Masks found by two tiles (in their
+    overlap) are merged by box NMS across tiles at the options' box_nms_thresh, the higher
+    predicted IoU kept; where kept masks overlap, each pixel goes to the higher predicted IoU."""
+    from resam_jax.inference.automatic import MaskSet, SamAutomaticMaskGenerator, box_nms
+
+    rasterio = import_rasterio()
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+    if not image_path.is_file():
+        raise PredictError(f"image file {image_path} does not exist")
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            scene = stack.enter_context(rasterio.open(image_path))
+        except RasterioError as e:
+            raise PredictError(f"cannot read raster {image_path}: {e}") from None
+        bands = check_bands(scene, bands, image_path)
+        model, pixel_norm = load_model()
+        tile_size = tile_size or model.config.image_size
+        overlap = tile_size // 4 if overlap is None else overlap
+        if not 0 <= overlap < tile_size:
+            raise PredictError(
+                f"--overlap {overlap} must be at least 0 and below the tile size {tile_size}"
+            )
+        tiles = tile_grid(scene.height, scene.width, tile_size, overlap)
+        generator = SamAutomaticMaskGenerator(model, pixel_norm, **options)
+        found = []
+        for done, tile in enumerate(tiles, start=1):
+            pixels = read_tile(scene, tile, bands, image_path)
+            box = (tile.col, tile.row, tile.col + tile.width, tile.row + tile.height)
+            found.append(generator.crop_masks(pixels, box, 0, (scene.height, scene.width)))
+            log(f"{done}/{len(tiles)} tiles, {sum(map(len, found))} masks")
+        masks = MaskSet.concat(found)
+        masks = masks.take(box_nms(masks.boxes, masks.predicted_iou, generator.box_nms_thresh))
+        if generator.min_mask_region_area > 0:
+            masks = generator.remove_small_regions(masks)
+
+        labels_out, finish = label_outputs(stack, scene, output, vectors, len(masks))
+        scores = np.full(len(masks) + 1, -np.inf)  # predicted IoU per label, background first
+        boxes, origins = {}, {}
+        for i in range(len(masks)):
+            label, mask = i + 1, masks.mask(i)
+            col, row = (int(v) for v in masks.crop_boxes[i][:2])
+            tile = Tile(col, row, mask.shape[1], mask.shape[0])
+            iou = float(masks.predicted_iou[i])
+            if (box := paste_mask(labels_out, scores, label, mask, iou, tile)) is not None:
+                boxes[label] = box
+            scores[label], origins[label] = iou, (col, row)
+        instances = [_Instance(label) for label in range(1, len(masks) + 1)]
+        features = instance_features(labels_out, instances, scores, boxes, origins)
+        for i, feature in enumerate(features):
+            feature["properties"]["stability_score"] = round(float(masks.stability_score[i]), 6)
+            feature["properties"]["point"] = [round(float(v), 3) for v in masks.points[i]]
+        finish(features)
+        return {
+            "scene": f"{scene.width}x{scene.height}",
+            "tiles": len(tiles),
+            "instances": len(masks),
+            "instances_with_pixels": sum(f["properties"]["pixels"] > 0 for f in features),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
 
 
 def parse_bands(text: str) -> list[int]:
@@ -407,6 +515,27 @@ def model_loader(checkpoint: Path, pixel_norm: str) -> Callable[[], tuple[object
     return lambda: load_model(checkpoint, pixel_norm)
 
 
+def _segment_everything(args: argparse.Namespace) -> int:
+    try:
+        summary = segment_everything(
+            model_loader(args.checkpoint, args.pixel_norm),
+            args.image,
+            args.output,
+            args.vectors,
+            everything.generator_options(args, crops=False),
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            bands=args.bands,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+    except PredictError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    print(f"{summary['instances']} instance(s) -> {args.output}, {args.vectors}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m resam_jax.predict_scene",
@@ -416,7 +545,9 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint", required=True, type=Path, help="converted checkpoint directory"
     )
     parser.add_argument("--image", required=True, type=Path, help="GeoTIFF, PNG or JPEG")
-    parser.add_argument("--prompts", required=True, type=Path, help="GeoJSON FeatureCollection")
+    parser.add_argument(
+        "--prompts", type=Path, help="GeoJSON FeatureCollection (or --everything: no prompts)"
+    )
     parser.add_argument("--output", required=True, type=Path, help="OUT.tif: instance labels")
     parser.add_argument(
         "--vectors", required=True, type=Path, help="OUT.geojson: instance polygons"
@@ -447,13 +578,18 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="pixel input of the weights; auto: what the checkpoint records, else sam",
     )
+    everything.add_arguments(parser, crops=False)
     args = parser.parse_args(argv)
+    if (args.prompts is None) != args.everything:
+        parser.error("give --prompts prompts.geojson or --everything (not both)")
     if args.tile_size is not None and args.tile_size < 16:
         parser.error("--tile-size must be at least 16")
     if args.batch_tiles < 1:
         parser.error("--batch-tiles must be at least 1")
     if args.output.resolve() == args.vectors.resolve():
         parser.error("--output and --vectors must be different files")
+    if args.everything:
+        return _segment_everything(args)
     try:
         summary = segment_scene(
             model_loader(args.checkpoint, args.pixel_norm),
