@@ -1,10 +1,10 @@
 """The backbone contract: what resam_jax.method needs of a model family, and no more.
 
-A family lives in its own folder (sam/: Segment Anything) with its modules, its weight mapping
-and its checkpoints, and a `build(config)`; the method reaches it only through `Backbone` below,
-so a second family is a second folder. A Backbone is an nnx.Module whose trainable adapters are
-`LORA` variables: `nnx.split(model, LORA, ...)` gives the LoRA the method trains and the frozen
-rest.
+A family lives in its own folder (sam/: Segment Anything, sam2/: SAM 2.1) with its modules,
+its weight mapping and its checkpoints, and a `build(config)`; the method reaches it only
+through `Backbone` below, so a second family is a second folder. A Backbone is an nnx.Module
+whose trainable adapters are `LORA` variables: `nnx.split(model, LORA, ...)` gives the LoRA the
+method trains and the frozen rest.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from flax import nnx
 
 # The variables the method trains; everything else stays frozen.
 LORA = nnx.LoRAParam
-# The families `build` knows, each the name of its folder (config.model.family, default "sam").
-FAMILIES = ("sam",)
+# The families `build` knows, each the name of its folder (config.model.family, default "sam"):
+# SAM (ViT) and SAM 2 / 2.1 (Hiera).
+FAMILIES = ("sam", "sam2")
 
 # A family's image embedding: an opaque pytree the method only passes around.
 Embedding = Any

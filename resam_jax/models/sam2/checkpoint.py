@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
+from resam_jax.models.sam.image_encoder import lora_a_init
 from resam_jax.models.sam2.config import Sam2Config, sam2_config
 from resam_jax.models.sam2.model import Sam2
 from resam_jax.models.sam2.params import check_params
@@ -110,20 +111,42 @@ def load_video_only(directory: str | Path) -> dict[str, np.ndarray]:
         return {k: stored[k] for k in stored.files}
 
 
-def sam2_from_params(config: Sam2Config, params: Mapping[tuple, np.ndarray]) -> Sam2:
-    """A Sam2 built abstractly and filled with `params` (every variable), never drawn at random."""
+def sam2_from_params(
+    config: Sam2Config, params: Mapping[tuple, np.ndarray], lora_seed: int = 0
+) -> Sam2:
+    """A Sam2 built abstractly and filled with `params` (every variable), never drawn at random;
+    the LoRA of `config` (absent from a checkpoint) starts as LoRA starts: A drawn with
+    torch's kaiming_uniform(a=sqrt(5)) from `lora_seed`, B zero."""
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Sam2(config, rngs=nnx.Rngs(0))))
-    flat = [
-        (path, v.replace(jax.numpy.asarray(params[path], v.get_value().dtype)))
-        for path, v in nnx.to_flat_state(state)
-    ]
+    key = jax.random.key(lora_seed)
+    flat = []
+    for i, (path, v) in enumerate(nnx.to_flat_state(state)):
+        dtype = v.get_value().dtype
+        if path not in params and isinstance(v, nnx.LoRAParam):
+            shape = v.get_value().shape
+            value = (
+                lora_a_init(jax.random.fold_in(key, i), shape, dtype)
+                if path[-1] == "lora_a"
+                else jax.numpy.zeros(shape, dtype)
+            )
+        else:
+            value = jax.numpy.asarray(params[path], dtype)
+        flat.append((path, v.replace(value)))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
 def load_sam2(directory: str | Path, **overrides) -> Sam2:
     """A Sam2 with the weights of a converted checkpoint; `overrides` may change the fields that
-    do not alter the weights: dtype and the memory options."""
-    allowed = {"dtype", "attention", "attention_chunk_size", "remat"}
+    do not alter the weights: dtype, the memory options and the LoRA (which starts fresh)."""
+    allowed = {
+        "dtype",
+        "attention",
+        "attention_chunk_size",
+        "remat",
+        "lora_rank",
+        "lora_start_layer",
+        "lora_targets",
+    }
     if unknown := set(overrides) - allowed:
         raise ValueError(f"load_sam2 cannot override {sorted(unknown)}; only {sorted(allowed)}")
     config, params = load_sam2_params(directory)

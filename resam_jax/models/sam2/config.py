@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 ATTENTION_IMPLEMENTATIONS = ("reference", "chunked")
 REMAT_OPTIONS = ("none", "blocks")
+LORA_TARGETS = ("q", "k", "v")  # the thirds of Hiera's fused qkv projection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +60,19 @@ class Sam2Config:
     attention_chunk_size: int = 1024
     # "blocks": each Hiera block keeps only its input for the backward pass.
     remat: str = "none"
+    # LoRA on the Hiera attention's fused qkv (ReSAM): rank (None: no LoRA), first block (that
+    # block to the last get it), and which of q, k, v are updated. Each update is x @ A @ B with
+    # A [dim, r] and B [r, dim_out], dim_out the block's OUTPUT width (a q-pool block widens),
+    # B zero-initialised, no scaling (ReSAM's LoRA_Sam).
+    lora_rank: int | None = None
+    lora_start_layer: int | None = None
+    lora_targets: tuple[str, ...] = ("q", "v")
 
     def __post_init__(self):
+        if not self.lora_targets or set(self.lora_targets) - set(LORA_TARGETS):
+            raise ValueError(
+                f"Sam2Config.lora_targets={self.lora_targets!r}; expected some of {LORA_TARGETS}"
+            )
         if len(self.stages) != len(self.window_spec):
             raise ValueError(
                 f"Sam2Config.stages {self.stages} and window_spec {self.window_spec} must have "
@@ -97,6 +109,12 @@ class Sam2Config:
     @property
     def depth(self) -> int:
         return sum(self.stages)
+
+    def lora_blocks(self) -> range:
+        """The Hiera blocks with LoRA."""
+        if not self.lora_rank or self.lora_start_layer is None:
+            return range(0)
+        return range(self.lora_start_layer, self.depth)
 
     @property
     def stage_ends(self) -> tuple[int, ...]:

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from resam_jax.models.sam2.config import BlockSpec, Sam2Config
+from resam_jax.models.sam.image_encoder import lora_a_init
+from resam_jax.models.sam2.config import LORA_TARGETS, BlockSpec, Sam2Config
 from resam_jax.models.sam2.layers import (
     MLP,
     attention,
@@ -53,16 +54,37 @@ class MultiScaleAttention(nnx.Module):
         chunk_size: int | None,
         dtype,
         rngs: nnx.Rngs,
+        lora_rank: int | None = None,
+        lora_targets: tuple[str, ...] = (),
     ):
         self.num_heads = num_heads
         self.q_pool = q_pool
         self.chunk_size = chunk_size
         self.qkv = nnx.Linear(dim, 3 * dim_out, dtype=dtype, rngs=rngs)
         self.proj = nnx.Linear(dim_out, dim_out, dtype=dtype, rngs=rngs)
+        # LoRA per third of qkv, sized by the output width (q-pool blocks widen: dim_out = 2 dim).
+        lora = dict(a_initializer=lora_a_init, dtype=dtype, rngs=rngs)
+        for target in LORA_TARGETS:
+            update = None
+            if lora_rank and target in lora_targets:
+                update = nnx.LoRA(dim, lora_rank, dim_out, **lora)
+            setattr(self, f"lora_{target}", update)
+
+    def qkv_projection(self, x: jax.Array) -> jax.Array:
+        """x [..., dim] -> [..., 3 dim_out]: the fused projection plus the LoRA updates."""
+        qkv = self.qkv(x)
+        updates = [getattr(self, f"lora_{t}") for t in LORA_TARGETS]
+        if all(u is None for u in updates):
+            return qkv
+        dim_out = qkv.shape[-1] // 3
+        zeros = jnp.zeros((*x.shape[:-1], dim_out), qkv.dtype)
+        return qkv + jnp.concatenate(
+            [zeros if u is None else u(x).astype(qkv.dtype) for u in updates], axis=-1
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, _ = x.shape
-        qkv = self.qkv(x).reshape(b, h, w, 3, self.num_heads, -1)
+        qkv = self.qkv_projection(x).reshape(b, h, w, 3, self.num_heads, -1)
         q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]  # [b, h, w, heads, d]
         if self.q_pool:
             q = max_pool2x2(q.reshape(b, h, w, -1))
@@ -75,7 +97,15 @@ class MultiScaleAttention(nnx.Module):
 class MultiScaleBlock(nnx.Module):
     """Pre-norm block. A widening block takes its residual from max_pool(proj(norm1(x)))."""
 
-    def __init__(self, spec: BlockSpec, mlp_ratio: float, config: Sam2Config, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        spec: BlockSpec,
+        mlp_ratio: float,
+        config: Sam2Config,
+        *,
+        rngs: nnx.Rngs,
+        lora: bool = False,
+    ):
         dtype = config.compute_dtype
         self.window_size = spec.window_size
         self.q_pool = spec.q_pool
@@ -89,6 +119,8 @@ class MultiScaleBlock(nnx.Module):
             chunk_size=config.attention_chunk_size if chunked else None,
             dtype=dtype,
             rngs=rngs,
+            lora_rank=config.lora_rank if lora else None,
+            lora_targets=config.lora_targets,
         )
         self.norm2 = layer_norm(spec.dim_out, LN_EPS, dtype, rngs)
         hidden = int(spec.dim_out * mlp_ratio)
@@ -133,8 +165,12 @@ class Hiera(nnx.Module):
         self.pos_embed = nnx.Param(jnp.zeros((1, dim, *config.pos_embed_bkg_size)))
         window = config.window_spec[0]
         self.pos_embed_window = nnx.Param(jnp.zeros((1, dim, window, window)))
+        lora_blocks = set(config.lora_blocks())
         self.blocks = nnx.List(
-            [MultiScaleBlock(spec, config.mlp_ratio, config, rngs=rngs) for spec in config.blocks()]
+            [
+                MultiScaleBlock(spec, config.mlp_ratio, config, rngs=rngs, lora=i in lora_blocks)
+                for i, spec in enumerate(config.blocks())
+            ]
         )
         self.stage_ends = config.stage_ends
         self.remat = config.remat

@@ -54,8 +54,11 @@ class ImageEncoder(nnx.Module):
 class Sam2(nnx.Module):
     """SAM 2 image model. `encode` once per image, `decode` per set of prompts."""
 
-    def __init__(self, config: Sam2Config, *, rngs: nnx.Rngs):
+    def __init__(self, config: Sam2Config, *, rngs: nnx.Rngs, pixel_norm: str = "sam"):
         self.config = config
+        # The pixel input of the Backbone contract's encode_pixels: "sam" is SAM2Transforms'
+        # ImageNet normalisation (= SAM's mean / std on 0..255), "unit" [0, 1].
+        self.pixel_norm = pixel_norm
         self.image_encoder = ImageEncoder(config, rngs=rngs)
         self.prompt_encoder = PromptEncoder(config, rngs=rngs)
         self.mask_decoder = MaskDecoder(config, rngs=rngs)
@@ -109,3 +112,46 @@ class Sam2(nnx.Module):
             repeat_image=features["image_embed"].shape[0] != sparse.shape[0],
             dynamic_multimask=dynamic_multimask,
         )
+
+    # The Backbone contract (resam_jax.models): what the method needs, with SAM 2's image path.
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.d_model
+
+    def encode_pixels(self, images: jax.Array, content_mask: jax.Array) -> dict:
+        """uint8 RGB [B, S, S, 3], content mask [B, S, S] -> `encode`'s features. The pixels are
+        normalised as SAM2Transforms does (pixel_norm "sam"), the padding zero after it."""
+        from resam_jax.models.sam.sam import normalize_pixels as normalize_content
+
+        return self.encode(normalize_content(images, content_mask, self.pixel_norm))
+
+    def decode_masks(self, embedding: dict, prompts) -> tuple[jax.Array, jax.Array]:
+        """One mask per prompt, as training decodes (single mask, no dynamic fallback):
+        prompts {"points" [B, N, P, 2], "point_labels" [B, N, P]} and / or {"boxes" [B, N, 4]}
+        (as SAM2ImagePredictor: two corner points before the clicks), optionally "mask_inputs"
+        [B, N, L, L] -> (logits [B, N, S, S] in the input frame, IoU [B, N])."""
+        points, labels = prompts.get("points"), prompts.get("point_labels")
+        boxes, masks = prompts.get("boxes"), prompts.get("mask_inputs")
+        given = [p for p in (points, boxes, masks) if p is not None]
+        if not given:
+            raise ValueError("decode_masks needs points, boxes or mask_inputs")
+        if (points is None) != (labels is None):
+            raise ValueError("points and point_labels go together")
+        b, n = given[0].shape[:2]
+
+        def flat(x):
+            return None if x is None else x.reshape(b * n, *x.shape[2:])
+
+        sparse, dense = self.embed_prompts(flat(points), flat(labels), flat(boxes), flat(masks))
+        features = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), embedding)
+        low_res, iou, _, _ = self.decode(features, sparse, dense, multimask_output=False)
+        size = self.config.image_size
+        logits = jax.image.resize(
+            low_res[:, 0].astype(jnp.float32), (b * n, size, size), "bilinear", antialias=False
+        )
+        return logits.reshape(b, n, size, size), iou[:, 0].reshape(b, n)
+
+    def features(self, embedding: dict) -> tuple[jax.Array, int]:
+        """The stride-16 level (image_embed, [B, S/16, S/16, C]) and its stride."""
+        return embedding["image_embed"], 16
