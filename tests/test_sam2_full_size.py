@@ -139,3 +139,35 @@ def test_hiera_t(tmp_path):
 @pytest.mark.slow
 def test_hiera_b_plus(tmp_path):
     compare(*converted("hiera_b+", seed=22, root=tmp_path), "hiera_b+")
+
+
+def test_hiera_t_predictor(tmp_path):
+    """Our Sam2ImagePredictor against SAM2ImagePredictor at full size: its own preprocessing
+    (the 600 x 800 image stretched to 1024), prompts in original pixels, the masks upsampled to
+    600 x 800 (identical but for pixels whose logit is within float rounding of 0)."""
+    from resam_jax.inference.predictor_sam2 import Sam2ImagePredictor
+
+    theirs, model, _ = converted("hiera_t", seed=23, root=tmp_path)
+    ours = Sam2ImagePredictor(model)
+    ours.set_image(smooth_image())
+    embed = np.abs(
+        np.asarray(ours.get_image_embedding()[0])
+        - theirs.get_image_embedding()[0].permute(1, 2, 0).numpy()
+    ).max()
+    print(f"hiera_t predictor: image_embed {embed:.2e}")
+    assert embed <= 1e-4
+    for name, kwargs in PROMPTS.items():
+        masks, iou, low_res = theirs.predict(**kwargs)
+        logits = theirs.predict(**kwargs, return_logits=True)[0]
+        actual = ours.predict(**kwargs)
+        flipped = actual[0] != masks
+        near_zero = np.abs(logits[flipped]).max() if flipped.any() else 0.0
+        logit_diff = np.abs(actual[2] - low_res).max()
+        print(f"hiera_t predictor {name}: low-res logits {logit_diff:.2e}, IoU "
+              f"{np.abs(actual[1] - iou).max():.2e}, {flipped.sum()} mask pixels differ "
+              f"(|logit| <= {near_zero:.1e})")  # fmt: skip
+        assert actual[0].shape == masks.shape == (*logits.shape[:-2], HEIGHT, WIDTH)
+        assert logit_diff <= 2e-5 and np.abs(actual[1] - iou).max() <= 1e-6
+        assert near_zero < 1e-4
+        full = ours.predict(**kwargs, return_logits=True)[0]
+        assert np.abs(full - logits).max() <= 2e-5
