@@ -1,7 +1,8 @@
 """SAM 2 behind the backbone contract (resam_jax.models.build with family "sam2") and LoRA on the
 Hiera attention: adapters sized by each block's output width, the gradients w.r.t. LoRA equal to
 torch autograd through `sam2` 1.1.0 with the same LoRA added to its qkv (hiera_test, every tensor
-randomised, B non-zero), the merged export equal to the adapted model."""
+randomised, B non-zero), the merged export equal to the adapted model, and the method's train step
+running on it unchanged."""
 
 import dataclasses
 
@@ -224,3 +225,29 @@ def test_random_init_and_size_names():
     assert model_type_of("b+") == "hiera_b+" and model_type_of("t") == "hiera_t"
     with pytest.raises(models.ModelError, match="not a SAM 2 size"):
         model_type_of("vit_b")
+
+
+def test_the_method_train_step_runs_on_sam2():
+    """ReSAM's jitted train step, unchanged, on a SAM 2 with LoRA (64 px, random weights): only
+    the LoRA trains and it moves."""
+    from test_train_step import IMAGE_SIZE, make_batch, make_config, train_step_of
+
+    from resam_jax.method.train_state import create_train_state, split_model
+
+    config = sam2_config("hiera_test", image_size=IMAGE_SIZE, lora_rank=4, lora_start_layer=1)
+    model = Sam2(config, rngs=nnx.Rngs(0), pixel_norm="unit")
+    graphdef, lora, frozen = split_model(model)
+    assert len(jax.tree.leaves(lora)) == 2 * 2 * (config.depth - 1)
+    run_config = make_config()
+    step = train_step_of(graphdef, run_config)
+    state = create_train_state(jax.tree.map(jnp.copy, lora), model.feature_dim, run_config)
+    before = jax.tree.map(np.array, state.lora)
+    for seed in range(2):
+        state, metrics = step(state, frozen, make_batch(seed))
+        assert not bool(metrics["skipped"]) and np.isfinite(float(metrics["loss"]))
+        assert int(metrics["valid_instances"]) > 0
+    moved = [
+        np.abs(np.asarray(a) - b).max()
+        for a, b in zip(jax.tree.leaves(state.lora), jax.tree.leaves(before))
+    ]
+    assert max(moved) > 0
