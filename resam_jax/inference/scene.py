@@ -433,7 +433,8 @@ def segment_everything(
 ) -> dict:
     """--everything: every mask of the scene with no prompts (resam_jax.inference.automatic,
     `options` its keyword arguments), written as the prompted command writes its instances, each
-    feature with its `stability_score` and grid `point` (scene pixels) besides; a summary.
+    feature with its `stability_score`, grid `point` and mask `box` (x0, y0, x1, y1: scene
+    pixels, inclusive, before overlaps are resolved) besides; a summary.
 
     Each tile is segmented as one crop of the scene: a mask within 20 px of a tile border inside
     the scene is dropped there (the tile cut it) and found whole by a neighbour that holds it,
@@ -493,6 +494,7 @@ def segment_everything(
         for i, feature in enumerate(features):
             feature["properties"]["stability_score"] = round(float(masks.stability_score[i]), 6)
             feature["properties"]["point"] = [round(float(v), 3) for v in masks.points[i]]
+            feature["properties"]["box"] = [int(v) for v in masks.boxes[i]]
         finish(features)
         return {
             "scene": f"{scene.width}x{scene.height}",
