@@ -81,6 +81,7 @@ def row_config(config, row: str, corruption: str):
             section, field = dotted.split(".")
             config[section][field] = value
         config.data.corruption = "" if corruption == CLEAN else corruption
+        config.train.compare_variants = ()  # each variant is a row of its own (resam_camera)
     return config
 
 
