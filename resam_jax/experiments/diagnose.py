@@ -81,7 +81,7 @@ def diagnose(config, workdir: str | Path, images: int) -> dict[str, Any]:
             embedding, {"points": batch["points"], "point_labels": batch["point_labels"]}
         )
         point = (logits > 0) & given[..., None, None]
-        refined, _ = refine_masks(logits, given, threshold)
+        refined, _ = refine_masks(logits, given, threshold, config.method.refine_entropy)
 
         def requery(boxes):
             return pseudo_labels(model.decode_masks(embedding, {"boxes": boxes})[0])

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from resam_jax import models, parallel
-from resam_jax.config import base_config, resolve_method_variant
+from resam_jax.config import base_config
 from resam_jax.data import pipeline
 from resam_jax.method.train_state import create_train_state, split_model
 from resam_jax.method.train_step import make_train_step
@@ -102,10 +102,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
          "pseudo_labels": [(epoch label, diagnostics), ...] (ReSAM),
          "lora": the final LoRA parameters (replicated arrays)}.
     """
-    try:
-        resolve_method_variant(config)
-    except ValueError as e:
-        raise RunError(str(e)) from None
     mode = config.method.mode
     mesh = parallel.data_mesh()
     logging.info(

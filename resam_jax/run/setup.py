@@ -17,6 +17,7 @@ import jax
 import ml_collections
 
 from resam_jax import models, parallel
+from resam_jax.config import resolve_method_variant
 from resam_jax.data import pipeline
 from resam_jax.data.builders import load_prepared, prepare_help
 from resam_jax.data.coco import DataError
@@ -92,7 +93,12 @@ def _field(config: ml_collections.ConfigDict, dotted: str):
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """The config's fields checked against their allowed values, once, before anything is
-    built or written: a RunError naming the field and what it may be."""
+    built or written: a RunError naming the field and what it may be. method.variant's switches
+    are resolved here, in place (resam_jax.config.resolve_method_variant)."""
+    try:
+        resolve_method_variant(config)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     for name, allowed in _allowed_values().items():
         if _field(config, name) not in allowed:
             raise RunError(f"config.{name}={_field(config, name)!r}; expected one of {allowed}")
