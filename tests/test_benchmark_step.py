@@ -5,6 +5,8 @@ learn from valid instances. Without the scale every teacher mask is empty and th
 step is skipped: a benchmark that would time such a step fails here.
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -58,8 +60,15 @@ def test_a_step_without_pseudo_labels_is_refused():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("RESAM_FULL_BENCHMARK_TESTS") != "1",
+    reason="ViT-B benchmark steps at 1024 (4-8 minutes on two cores; every benchmark run asserts "
+    "the same): set RESAM_FULL_BENCHMARK_TESTS=1",
+)
 def test_the_vit_b_benchmark_steps_train_at_1024():
-    """What benchmarks/train_step.py and device_check.py time: ViT-B at 1024, 8 instances."""
+    """What benchmarks/train_step.py and device_check.py time: ViT-B at 1024, 8 instances. Out
+    of the default suite (it kept CI over its 30 minutes): the tiny steps above pin the same
+    code, and each benchmark run asserts that its own steps trained."""
     metrics = jax_metrics("vit_b", 1024, 8, lora_start_layer=6)
     assert_trains(metrics, "resam-jax")
     assert_trains(torch_notes("vit_b", 8, lora_start_layer=6), "PyTorch")
