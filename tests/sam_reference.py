@@ -7,63 +7,22 @@ tensor mapped to the wrong place or with the wrong layout cannot go unnoticed.
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from flax import nnx
-from segment_anything.modeling import (
-    ImageEncoderViT,
-    MaskDecoder,
-    PromptEncoder,
-    TwoWayTransformer,
-)
-from segment_anything.modeling import (
-    Sam as TorchSam,
-)
+from segment_anything.modeling import Sam as TorchSam
 
+from benchmarks.torch_step import torch_sam
 from resam_jax.models.sam import Sam, SamConfig
 from resam_jax.models.sam.checkpoint import sam_from_params
 from resam_jax.models.sam.params import torch_to_flax
 
 
 def build_reference(config: SamConfig, seed: int = 0) -> TorchSam:
-    torch.manual_seed(seed)
-    sam = TorchSam(
-        image_encoder=ImageEncoderViT(
-            depth=config.encoder_depth,
-            embed_dim=config.encoder_embed_dim,
-            img_size=config.image_size,
-            mlp_ratio=config.mlp_ratio,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=config.encoder_num_heads,
-            patch_size=config.patch_size,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=config.encoder_global_attn_indexes,
-            window_size=config.window_size,
-            out_chans=config.prompt_embed_dim,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=config.prompt_embed_dim,
-            image_embedding_size=(config.embed_size, config.embed_size),
-            input_image_size=(config.image_size, config.image_size),
-            mask_in_chans=config.mask_in_chans,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=config.num_multimask_outputs,
-            transformer=TwoWayTransformer(
-                depth=config.decoder_depth,
-                embedding_dim=config.prompt_embed_dim,
-                mlp_dim=config.decoder_mlp_dim,
-                num_heads=config.decoder_num_heads,
-            ),
-            transformer_dim=config.prompt_embed_dim,
-            iou_head_depth=config.iou_head_depth,
-            iou_head_hidden_dim=config.iou_head_hidden_dim,
-        ),
-    )
+    """segment-anything's Sam at `config`'s sizes (benchmarks.torch_step.torch_sam builds it the
+    way sam_model_registry does), every tensor then randomised."""
+    sam = torch_sam(config, seed)
     randomize_(sam, seed)
     return sam.eval()
 
