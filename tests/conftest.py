@@ -1,5 +1,6 @@
 """Shared test set-up: float32 matmuls everywhere, so parity bounds mean what they say."""
 
+import resource
 import sys
 from pathlib import Path
 
@@ -39,3 +40,39 @@ def synthetic_data(tmp_path_factory):
         annotations=splits,
     )
     return manual_dir, root / "tfds"
+
+
+# --- Peak memory of the suite (issue 18): reported at the end of every run -----------------
+# ru_maxrss only grows, so a test that raises it is the test that set the new peak: the report
+# names the tests that raised the peak of this process and of its child processes (the CLI
+# tests' subprocesses) the most, so a dominating test shows itself in every CI log.
+_PEAK_RAISES: dict[str, list[tuple[int, int, str]]] = {"pytest process": [], "child processes": []}
+
+
+def _max_rss_kib() -> dict[str, int]:
+    return {
+        "pytest process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "child processes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    }
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    before = _max_rss_kib()
+    yield
+    after = _max_rss_kib()
+    for kind, peak in after.items():
+        if peak > before[kind]:
+            _PEAK_RAISES[kind].append((peak - before[kind], peak, item.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter):
+    gib = 1 / 2**20
+    terminalreporter.section("peak memory (max RSS)")
+    for kind, peak in _max_rss_kib().items():
+        raises = sorted(_PEAK_RAISES[kind], reverse=True)[:5]
+        terminalreporter.write_line(f"{kind}: {peak * gib:.2f} GiB; raised most by:")
+        for increment, level, nodeid in raises:
+            terminalreporter.write_line(
+                f"  +{increment * gib:.2f} GiB to {level * gib:.2f} GiB  {nodeid}"
+            )
