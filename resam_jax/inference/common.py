@@ -1,6 +1,6 @@
 """What the three prediction commands share: their one error class, image decoding, the check
 that prompts lie inside the image, and loading a converted checkpoint (SAM with its pixel input,
-or SAM 2, told apart by the checkpoint's header)."""
+or SAM 2, told apart by the checkpoint's header: load_either_model)."""
 
 from __future__ import annotations
 
@@ -91,3 +91,12 @@ def load_sam2_model(checkpoint: Path, pixel_norm: str = "auto"):
         return load_sam2(checkpoint)
     except CheckpointError as e:
         raise PredictError(str(e)) from None
+
+
+def load_either_model(checkpoint: Path, pixel_norm: str = "auto"):
+    """(model, its pixel input) of a converted SAM or SAM 2 checkpoint, told apart by its
+    header: load_model's for SAM; for SAM 2 its model and "sam" (the pixels are always
+    normalised as SAM2ImagePredictor does)."""
+    if checkpoint_family(checkpoint) == "sam2":
+        return load_sam2_model(checkpoint, pixel_norm), "sam"
+    return load_model(checkpoint, pixel_norm)

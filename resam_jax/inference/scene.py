@@ -6,6 +6,11 @@
     python -m resam_jax.predict_scene --checkpoint weights/sam_vit_b --image scene.tif \\
         --everything --output labels.tif --vectors instances.geojson [--points-per-side 32 ...]
 
+The checkpoint is a converted SAM or SAM 2 one (its header says which; a run's
+export/sam_merged of either family): each instance is what that family's predictor
+(SamPredictor, Sam2ImagePredictor) gives on the tile its prompt is routed to. --everything takes
+SAM only.
+
 Prompts: a GeoJSON FeatureCollection. Each feature carries an `id` property (or a feature
 `id`); the features that share an id form one prompt. Point / MultiPoint features are points,
 positive unless their `label` property is 0; a Polygon / MultiPolygon gives its bounding box as
@@ -43,7 +48,7 @@ import numpy as np
 
 from resam_jax.files import staged
 from resam_jax.inference import everything
-from resam_jax.inference.common import PredictError, check_inside, load_model
+from resam_jax.inference.common import PredictError, check_inside, load_either_model
 from resam_jax.inference.tiling import Prompt, Tile, paste_instance, route, tile_grid
 
 GEO_EXTRA = 'pip install -e ".[geo]"'
@@ -349,12 +354,13 @@ def segment_scene(
     bands: list[int] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Run the whole command; returns a summary. `load_model` -> (Sam, pixel_norm) is called
-    once the inputs have been checked."""
+    """Run the whole command; returns a summary. `load_model` -> (Sam or Sam2, pixel_norm) is
+    called once the inputs have been checked; each instance is what the model's predictor
+    (SamPredictor, Sam2ImagePredictor) gives on the tile its prompt is routed to."""
     rasterio = import_rasterio()
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
-    from resam_jax.inference.tiling import TileSegmenter
+    from resam_jax.inference.tiling import tile_segmenter
 
     for what, path in (("image", image_path), ("prompts", prompts_path)):
         if not path.is_file():
@@ -382,7 +388,7 @@ def segment_scene(
 
         labels_out, finish = label_outputs(stack, scene, output, vectors, len(prompts))
         tile_shape = (tiles[0].height, tiles[0].width)
-        segmenter = TileSegmenter(model, tile_shape, batch_tiles, pixel_norm, multimask)
+        segmenter = tile_segmenter(model, tile_shape, batch_tiles, pixel_norm, multimask)
         scores = np.full(len(prompts) + 1, -np.inf)  # predicted IoU per label, background first
         boxes: dict[int, tuple] = {}  # label -> its pixels' bounding box in the scene
         origins: dict[int, tuple] = {}  # label -> (column, row) of the tile that segmented it
@@ -442,6 +448,7 @@ def segment_everything(
     overlap) are merged by box NMS across tiles at the options' box_nms_thresh, the higher
     predicted IoU kept; where kept masks overlap, each pixel goes to the higher predicted IoU."""
     from resam_jax.inference.automatic import MaskSet, SamAutomaticMaskGenerator, box_nms
+    from resam_jax.models.sam import Sam
 
     rasterio = import_rasterio()
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
@@ -459,6 +466,8 @@ def segment_everything(
             raise PredictError(f"cannot read raster {image_path}: {e}") from None
         bands = check_bands(scene, bands, image_path)
         model, pixel_norm = load_model()
+        if not isinstance(model, Sam):
+            raise PredictError("--everything takes a SAM checkpoint, not SAM 2")
         tile_size = tile_size or model.config.image_size
         overlap = tile_size // 4 if overlap is None else overlap
         if not 0 <= overlap < tile_size:
@@ -513,8 +522,9 @@ def parse_bands(text: str) -> list[int]:
 
 
 def model_loader(checkpoint: Path, pixel_norm: str) -> Callable[[], tuple[object, str]]:
-    """Loads the model when segment_scene has checked its inputs."""
-    return lambda: load_model(checkpoint, pixel_norm)
+    """Loads the model (SAM or SAM 2, as the checkpoint's header says) when segment_scene has
+    checked its inputs."""
+    return lambda: load_either_model(checkpoint, pixel_norm)
 
 
 def _segment_everything(args: argparse.Namespace) -> int:

@@ -36,7 +36,12 @@ from flax import nnx
 
 from resam_jax import parallel
 from resam_jax.inference.predictor import prepare_image
+from resam_jax.inference.predictor_sam2 import MASK_THRESHOLD as SAM2_MASK_THRESHOLD
+from resam_jax.inference.predictor_sam2 import prepare_image as prepare_sam2_image
 from resam_jax.models.sam import Sam, normalize_pixels, postprocess_masks
+from resam_jax.models.sam.layers import resize_bilinear
+from resam_jax.models.sam2 import Sam2
+from resam_jax.models.sam2 import normalize_pixels as normalize_sam2_pixels
 from resam_jax.transforms import scale_coords
 
 # Prompts decoded per tile in one call: bounds the [tiles, prompts, H, W] mask block in memory.
@@ -142,11 +147,55 @@ def _decode_tiles(graphdef, state, embeddings, points, labels, boxes, multimask,
     return postprocess_masks(low_res, *sizes) > Sam.mask_threshold, iou
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_tiles_sam2(graphdef, state, pixels):
+    return nnx.merge(graphdef, state).encode(normalize_sam2_pixels(pixels))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6, 7))
+def _decode_tiles_sam2(graphdef, state, features, points, labels, boxes, multimask, tile_shape):
+    """SAM 2: masks [B, N, H, W] (bool, tile pixels) and predicted IoUs [B, N], each what
+    Sam2ImagePredictor.predict gives for that prompt on that tile (the dynamic single-mask
+    fallback on; with `multimask` the candidate with the best predicted IoU)."""
+    model = nnx.merge(graphdef, state)
+    b, n = (points if points is not None else boxes).shape[:2]
+
+    def flat(x):
+        return None if x is None else x.reshape(b * n, *x.shape[2:])
+
+    sparse, dense = model.embed_prompts(flat(points), flat(labels), flat(boxes))
+    repeated = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), features)
+    low_res, iou, _, _ = model.decode(
+        repeated, sparse, dense, multimask_output=multimask, dynamic_multimask=True
+    )
+    best = jnp.argmax(iou, axis=-1)
+    low_res = jnp.take_along_axis(low_res, best[:, None, None, None], axis=1)[:, 0]
+    iou = jnp.take_along_axis(iou, best[:, None], axis=1)[:, 0]
+    # As the predictor: bilinear straight from the low-res logits to the tile's size.
+    masks = resize_bilinear(low_res.astype(jnp.float32), *tile_shape) > SAM2_MASK_THRESHOLD
+    return masks.reshape(b, n, *tile_shape), iou.reshape(b, n)
+
+
+def tile_segmenter(
+    model: Sam | Sam2,
+    tile_shape: tuple[int, int],
+    batch_tiles: int,
+    pixel_norm: str = "sam",
+    multimask: bool = False,
+) -> TileSegmenter:
+    """The TileSegmenter of the model's family: SAM's (SamPredictor's frame: longest side
+    resized, padded) or SAM 2's (Sam2ImagePredictor's: each tile stretched to the model's
+    square, ImageNet normalisation; `pixel_norm` does not apply)."""
+    if isinstance(model, Sam2):
+        return Sam2TileSegmenter(model, tile_shape, batch_tiles, multimask=multimask)
+    return TileSegmenter(model, tile_shape, batch_tiles, pixel_norm, multimask)
+
+
 class TileSegmenter:
     """Encode batches of equally sized tiles once, decode every prompt of each tile against its
     embedding. Tiles are sharded along the ("data",) mesh over this process's devices, the
     model replicated; a batch is padded with empty tiles to a multiple of the device count, so
-    one compilation serves every batch."""
+    one compilation serves every batch. Each mask is what SamPredictor gives on the tile."""
 
     def __init__(
         self,
@@ -156,6 +205,14 @@ class TileSegmenter:
         pixel_norm: str = "sam",
         multimask: bool = False,
     ):
+        self._place(model, tile_shape, batch_tiles)
+        self.pixel_norm, self.multimask = pixel_norm, multimask
+        _, _, self.input_size = prepare_image(
+            np.zeros((*self.tile_shape, 3), np.uint8), self.image_size
+        )
+
+    def _place(self, model: Sam | Sam2, tile_shape: tuple[int, int], batch_tiles: int) -> None:
+        """The model replicated over this process's devices, the batch a multiple of them."""
         self.image_size = model.config.image_size
         self.tile_shape = tuple(tile_shape)
         self.mesh = parallel.data_mesh()
@@ -163,13 +220,41 @@ class TileSegmenter:
         self.batch_tiles = -(-batch_tiles // devices) * devices
         self._graphdef, state = nnx.split(model)
         self._state = jax.device_put(state, parallel.replicated(self.mesh))
-        self.pixel_norm, self.multimask = pixel_norm, multimask
-        _, _, self.input_size = prepare_image(
-            np.zeros((*self.tile_shape, 3), np.uint8), self.image_size
-        )
 
     def _sharded(self, array: np.ndarray) -> jax.Array:
         return jax.device_put(array, parallel.batch_sharded(self.mesh))
+
+    # What a family changes: the tiles' pixels, the prompts' frame, the decode.
+
+    def _encode(self, images: Sequence[np.ndarray]):
+        size, batch = self.image_size, self.batch_tiles
+        padded = np.zeros((batch, size, size, 3), np.uint8)
+        content = np.zeros((batch, size, size), bool)
+        for i, image in enumerate(images):
+            padded[i], content[i], _ = prepare_image(image, size)
+        return _encode_tiles(
+            self._graphdef,
+            self._state,
+            self._sharded(padded),
+            self._sharded(content),
+            self.pixel_norm,
+        )
+
+    def _model_coords(self, xy: np.ndarray) -> np.ndarray:
+        """Tile pixel coordinates [..., 2] -> the model's input frame."""
+        return scale_coords(xy, self.tile_shape, self.image_size)
+
+    def _decode(self, embeddings, points, labels, boxes):
+        return _decode_tiles(
+            self._graphdef,
+            self._state,
+            embeddings,
+            points,
+            labels,
+            boxes,
+            self.multimask,
+            (self.image_size, self.input_size, self.tile_shape),
+        )
 
     def segment(
         self, images: Sequence[np.ndarray], prompts: Sequence[Sequence[Prompt]]
@@ -181,18 +266,8 @@ class TileSegmenter:
             raise ValueError(
                 f"{len(images)} tiles, {len(prompts)} prompt lists, batch {self.batch_tiles}"
             )
-        size, batch = self.image_size, self.batch_tiles
-        padded = np.zeros((batch, size, size, 3), np.uint8)
-        content = np.zeros((batch, size, size), bool)
-        for i, image in enumerate(images):
-            padded[i], content[i], _ = prepare_image(image, size)
-        embeddings = _encode_tiles(
-            self._graphdef,
-            self._state,
-            self._sharded(padded),
-            self._sharded(content),
-            self.pixel_norm,
-        )
+        batch = self.batch_tiles
+        embeddings = self._encode(images)
         # Prompts with the same number of points and the same box-or-not decode together: SAM's
         # output depends on its token count, so they cannot be padded to a common shape.
         groups: dict[tuple[int, bool], list[list[int]]] = defaultdict(
@@ -212,23 +287,61 @@ class TileSegmenter:
                 for t, indices in enumerate(chunk):
                     for s, i in enumerate(indices):
                         p = prompts[t][i]
-                        points[t, s] = scale_coords(p.points, self.tile_shape, size)
+                        points[t, s] = self._model_coords(p.points)
                         labels[t, s] = p.labels
                         if has_box:
-                            boxes[t, s] = scale_coords(
-                                p.box.reshape(2, 2), self.tile_shape, size
-                            ).reshape(4)
-                masks, iou = _decode_tiles(
-                    self._graphdef,
-                    self._state,
+                            boxes[t, s] = self._model_coords(p.box.reshape(2, 2)).reshape(4)
+                masks, iou = self._decode(
                     embeddings,
                     self._sharded(points) if num_points else None,
                     self._sharded(labels) if num_points else None,
                     self._sharded(boxes) if has_box else None,
-                    self.multimask,
-                    (size, self.input_size, self.tile_shape),
                 )
                 masks, iou = np.asarray(masks), np.asarray(iou)
                 for t, indices in enumerate(chunk):
                     for s, i in enumerate(indices):
                         yield t, i, masks[t, s], float(iou[t, s])
+
+
+class Sam2TileSegmenter(TileSegmenter):
+    """TileSegmenter for SAM 2: each mask is what Sam2ImagePredictor (its defaults) gives on the
+    tile: the tile stretched to the model's square by the antialiased resize, ImageNet
+    normalisation, prompts scaled per axis, boxes as two corner points, the single-mask
+    fallback on, logits upsampled bilinearly to the tile and thresholded at 0."""
+
+    def __init__(
+        self,
+        model: Sam2,
+        tile_shape: tuple[int, int],
+        batch_tiles: int,
+        multimask: bool = False,
+    ):
+        self._place(model, tile_shape, batch_tiles)
+        self.pixel_norm, self.multimask = "sam", multimask
+
+    def _encode(self, images: Sequence[np.ndarray]):
+        size = self.image_size
+        pixels = np.zeros((self.batch_tiles, size, size, 3), np.float32)
+        for i, image in enumerate(images):
+            pixels[i] = prepare_sam2_image(image, size)
+        return _encode_tiles_sam2(self._graphdef, self._state, self._sharded(pixels))
+
+    def _model_coords(self, xy: np.ndarray) -> np.ndarray:
+        # Sam2ImagePredictor._transform_coords (normalize_coords=True), in its float32.
+        coords = np.array(xy, dtype=np.float32)
+        height, width = self.tile_shape
+        coords[..., 0] = coords[..., 0] / np.float32(width)
+        coords[..., 1] = coords[..., 1] / np.float32(height)
+        return coords * np.float32(self.image_size)
+
+    def _decode(self, embeddings, points, labels, boxes):
+        return _decode_tiles_sam2(
+            self._graphdef,
+            self._state,
+            embeddings,
+            points,
+            labels,
+            boxes,
+            self.multimask,
+            self.tile_shape,
+        )
