@@ -7,7 +7,8 @@ them:
                the train and eval steps
     data       resam_jax.data.config.DataConfig's fields, plus keys the run reads itself
                (manual_dir, train_split, eval_split, synthetic_*): run/setup.host_data_config
-    model      which SAM and which LoRA; model.checkpoint is a converted SAM directory
+    model      which backbone (model.family: SAM or SAM 2.1) and which LoRA; model.checkpoint is
+               a converted checkpoint directory
     train      the loop: length, logging, checkpoints, evaluation, overlays
 
 Every key exists here, so `--config.a.b=value` on the command line can only change a known
@@ -28,6 +29,16 @@ from resam_jax.data.config import DataConfig
 DEMO_SAM_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "sam_tiny_demo"
 # The small SAM pretrained here on NWPU's source half (tools/pretrain_sam.py), for the study.
 SMALL_NWPU_SAM_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "sam_small_nwpu"
+
+# SAM 2.1 (config.model.family="sam2"): Meta's sizes as config.model.model_type takes them ->
+# (blocks of their Hiera trunk, Meta's checkpoint file, which python -m
+# weights_convert.convert_sam2 converts into weights/sam2.1_hiera_<size>).
+SAM2_SIZES = {
+    "t": (12, "sam2.1_hiera_tiny.pt"),
+    "s": (16, "sam2.1_hiera_small.pt"),
+    "b+": (24, "sam2.1_hiera_base_plus.pt"),
+    "l": (48, "sam2.1_hiera_large.pt"),
+}
 
 # The two steps of the public ReSAM code (docs/method.md section 10), as values of the method
 # switches: "v1", its master branch (paper v1), and "camera", its camera branch (CVPR 2026).
@@ -168,15 +179,19 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.synthetic_style = "target"  # resam_jax.data.synthetic.STYLES
 
     config.model.update(
-        model_type="vit_b",  # vit_b | vit_l | vit_h | tiny | small
-        checkpoint="weights/sam_vit_b",  # converted SAM; "" = random initialisation
+        # The backbone (resam_jax/models): "sam" (Segment Anything, ViT) | "sam2" (SAM 2.1,
+        # Hiera: configs/*_sam2.py). Each family checks its own values of the fields below.
+        family="sam",
+        model_type="vit_b",  # sam: vit_b | vit_l | vit_h | tiny | small; sam2: t | s | b+ | l
+        checkpoint="weights/sam_vit_b",  # converted checkpoint; "" = random initialisation
         lora_rank=4,
-        lora_start_layer=6,
+        lora_start_layer=6,  # LoRA on this block to the last
+        lora_targets=("q", "v"),  # thirds of the attention's qkv with LoRA (sam: q, v only)
         dtype="float32",  # computation dtype: float32 | bfloat16
         # Speed and memory (resam_jax.models.sam.architecture.SamConfig): attention "reference" |
         # "chunked" | "dot_product"; remat of the LoRA blocks "none" | "blocks" | a checkpoint
-        # policy. Chunked by 128 with remat "blocks" is the fastest and smallest on CPU
-        # (docs/benchmarks.md has the figures).
+        # policy (sam2: "reference" | "chunked", remat "none" | "blocks"). Chunked by 128 with
+        # remat "blocks" is the fastest and smallest on CPU (docs/benchmarks.md has the figures).
         attention="chunked",
         attention_chunk_size=128,  # queries per chunk of "chunked" attention
         remat="blocks",
@@ -198,3 +213,39 @@ def base_config() -> ml_collections.ConfigDict:
         compare_variants=(),
     )
     return config
+
+
+def use_sam2(
+    config: ml_collections.ConfigDict, model_type: str = "b+"
+) -> ml_collections.ConfigDict:
+    """A SAM config moved to SAM 2.1, in place (configs/*_sam2.py): model.family "sam2", Meta's
+    size `model_type` (t | s | b+ | l) from its converted checkpoint weights/sam2.1_hiera_<size>,
+    1024 px inputs, the pixel input SAM 2's weights expect (model.pixel_norm "sam":
+    SAM2Transforms' ImageNet mean / std on [0, 1]), LoRA rank 4 on q and v of the second half
+    of the Hiera blocks. Everything else (data, schedule, method, evaluation) stays."""
+    if model_type not in SAM2_SIZES:
+        raise ValueError(f"SAM 2.1 model_type {model_type!r}; expected one of {tuple(SAM2_SIZES)}")
+    depth, _ = SAM2_SIZES[model_type]
+    config.model.update(
+        family="sam2",
+        model_type=model_type,
+        checkpoint=f"weights/sam2.1_hiera_{model_type}",
+        pixel_norm="sam",
+        lora_rank=4,
+        lora_start_layer=depth // 2,
+        lora_targets=("q", "v"),
+    )
+    config.data.image_size = 1024
+    return config
+
+
+def config_from_file(path: str | Path, *args) -> ml_collections.ConfigDict:
+    """get_config(*args) of a config file, by path: how one configs/*.py builds on another (the
+    configs are files, not a package, so that --config takes any path)."""
+    import importlib.util
+
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(f"_resam_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*args)

@@ -1,9 +1,11 @@
 """The backbone contract: what resam_jax.method needs of a model family, and no more.
 
 A family lives in its own folder (sam/: Segment Anything, sam2/: SAM 2.1) with its modules,
-its weight mapping and its checkpoints, and a `build(config)`; the method reaches it only
-through `Backbone` below, so a second family is a second folder. A Backbone is an nnx.Module
-whose trainable adapters are `LORA` variables: `nnx.split(model, LORA, ...)` gives the LoRA the
+its weight mapping and its checkpoints, a `build(config)`, an `export_merged` and its
+`CONFIG_CHOICES` (the values it accepts for each config.model field); the method and the run
+reach it only through this module (`Backbone` below, `build`, `config_choices`,
+`export_merged`), so a second family is a second folder. A Backbone is an nnx.Module whose
+trainable adapters are `LORA` variables: `nnx.split(model, LORA, ...)` gives the LoRA the
 method trains and the frozen rest.
 """
 
@@ -61,6 +63,13 @@ def _family(config: ml_collections.ConfigDict):
     return importlib.import_module(f"{__name__}.{family}")
 
 
+def config_choices(config: ml_collections.ConfigDict) -> dict[str, tuple]:
+    """The values config.model.family accepts for each of its config.model fields (model_type,
+    pixel_norm, attention, remat, lora_targets, ...), for checking a run's config before
+    anything is built: field name within config.model -> allowed values."""
+    return dict(_family(config).CONFIG_CHOICES)
+
+
 def build(config: ml_collections.ConfigDict) -> Backbone:
     """The backbone of config.model with its LoRA, for config.data.image_size inputs: the
     family's `build` (a converted checkpoint, or random weights)."""
@@ -71,5 +80,8 @@ def export_merged(
     config: ml_collections.ConfigDict, model: Backbone, directory: str | Path, source: Mapping
 ) -> None:
     """`model` with its LoRA folded in, as a checkpoint of its family that `build` loads
-    (config.model.checkpoint) and the prediction commands read; `source` goes to its header."""
+    (config.model.checkpoint) and the prediction commands read; `source` goes to its header.
+    source["path"] names the checkpoint the model was built from: a family may carry what it
+    kept beside the weights into the export (SAM 2: the video-only tensors, so that the
+    exported file loads strictly in `sam2`)."""
     _family(config).export_merged(model, directory, source)

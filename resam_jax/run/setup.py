@@ -25,7 +25,6 @@ from resam_jax.data.prepare import prepare as prepare_dataset
 from resam_jax.data.synthetic import write_coco_dataset
 from resam_jax.method.train_state import TRAIN_MODES
 from resam_jax.models import Backbone
-from resam_jax.models.sam import PIXEL_NORMS
 from resam_jax.run import reporting
 
 MODES = (*TRAIN_MODES, "direct")
@@ -47,31 +46,28 @@ class Prepared:
     manual_dir: Path | None
 
 
-def _allowed_values() -> dict[str, tuple]:
-    """config field -> its allowed values: the fields a run cannot recover from once started."""
+def _allowed_values(config: ml_collections.ConfigDict) -> dict[str, tuple]:
+    """config field -> its allowed values: the fields a run cannot recover from once started.
+    The model's fields are its family's (resam_jax.models.config_choices), once
+    model.family is known."""
     from resam_jax.data.synthetic import STYLES
     from resam_jax.method.eval_step import PROMPTS
     from resam_jax.method.metrics import REDUCTIONS
     from resam_jax.method.train_state import OUTLIER_RULES
-    from resam_jax.models.sam.architecture import (
-        ATTENTION_IMPLEMENTATIONS,
-        MODEL_TYPES,
-        REMAT_OPTIONS,
-    )
 
-    return {
+    allowed = {
         "method.mode": MODES,
         "method.outlier_rule": OUTLIER_RULES,
-        "model.model_type": MODEL_TYPES,
-        "model.pixel_norm": PIXEL_NORMS,
-        "model.dtype": ("float32", "bfloat16"),
-        "model.attention": ATTENTION_IMPLEMENTATIONS,
-        "model.remat": REMAT_OPTIONS,
+        "model.family": models.FAMILIES,
         "eval.prompt": PROMPTS,
         "eval.threshold_on": ("logits", "probs"),
         "eval.reduction": REDUCTIONS,
         "data.synthetic_style": tuple(STYLES),
     }
+    if config.model.get("family", "sam") in models.FAMILIES:
+        family = models.config_choices(config)
+        allowed.update({f"model.{field}": values for field, values in family.items()})
+    return allowed
 
 
 # config field -> (its smallest value, what that value means, or "").
@@ -99,9 +95,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         resolve_method_variant(config)
     except ValueError as e:
         raise RunError(str(e)) from None
-    for name, allowed in _allowed_values().items():
-        if _field(config, name) not in allowed:
-            raise RunError(f"config.{name}={_field(config, name)!r}; expected one of {allowed}")
+    for name, allowed in _allowed_values(config).items():
+        value = _field(config, name)
+        if (tuple(value) if isinstance(value, list) else value) not in allowed:
+            family = ""
+            if name.startswith("model.") and name != "model.family":
+                family = f" (model.family={config.model.get('family', 'sam')!r})"
+            raise RunError(f"config.{name}={value!r}; expected one of {allowed}{family}")
     for name, (minimum, meaning) in _MINIMA.items():
         if _field(config, name) < minimum:
             or_more = "0 or positive" if minimum == 0 else f"at least {minimum}"

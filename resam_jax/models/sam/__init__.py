@@ -2,7 +2,7 @@
 is a resam_jax.models.Backbone and `build(config)` makes one from a run's config."""
 
 from resam_jax.models.sam.architecture import MODEL_TYPES, SamConfig, sam_config
-from resam_jax.models.sam.build import build
+from resam_jax.models.sam.build import CONFIG_CHOICES, build
 from resam_jax.models.sam.checkpoint import (
     CheckpointError,
     export_merged,
@@ -21,6 +21,7 @@ from resam_jax.models.sam.sam import (
 )
 
 __all__ = [
+    "CONFIG_CHOICES",
     "MODEL_TYPES",
     "PIXEL_NORMS",
     "CheckpointError",

@@ -9,9 +9,25 @@ import ml_collections
 from flax import nnx
 
 from resam_jax.models import ModelError
-from resam_jax.models.sam.architecture import sam_config
+from resam_jax.models.sam.architecture import (
+    ATTENTION_IMPLEMENTATIONS,
+    MODEL_TYPES,
+    REMAT_OPTIONS,
+    sam_config,
+)
 from resam_jax.models.sam.checkpoint import CheckpointError, conversion_help, load_sam
-from resam_jax.models.sam.sam import Sam
+from resam_jax.models.sam.params import CheckpointMismatchError
+from resam_jax.models.sam.sam import PIXEL_NORMS, Sam
+
+# The values `build` accepts for each config.model field (resam_jax.models.config_choices).
+CONFIG_CHOICES = {
+    "model_type": MODEL_TYPES,
+    "pixel_norm": PIXEL_NORMS,
+    "dtype": ("float32", "bfloat16"),
+    "attention": ATTENTION_IMPLEMENTATIONS,
+    "remat": REMAT_OPTIONS,
+    "lora_targets": (("q", "v"),),  # ReSAM's LoRA_Sam: q and v of each block's qkv
+}
 
 
 def build(config: ml_collections.ConfigDict) -> Sam:
@@ -33,7 +49,10 @@ def build(config: ml_collections.ConfigDict) -> Sam:
             "config.model.checkpoint is empty: SAM %s is RANDOMLY INITIALISED (no pretrained "
             "weights); its scores only show that the pipeline runs.", model_config.model_type
         )  # fmt: skip
-        sam = sam_config(model_config.model_type, image_size=image_size, **options)
+        try:
+            sam = sam_config(model_config.model_type, image_size=image_size, **options)
+        except ValueError as e:  # a field out of range for this size (lora_start_layer, ...)
+            raise ModelError(f"config.model: {e}") from None
         return Sam(sam, rngs=nnx.Rngs(config.seed), pixel_norm=model_config.pixel_norm)
     directory = Path(model_config.checkpoint).expanduser()
     if not directory.exists():
@@ -43,8 +62,10 @@ def build(config: ml_collections.ConfigDict) -> Sam:
         )
     try:
         model = load_sam(directory, **options)
-    except CheckpointError as e:
+    except (CheckpointError, CheckpointMismatchError) as e:
         raise ModelError(str(e)) from None
+    except ValueError as e:  # a field out of range for the stored size (lora_start_layer, ...)
+        raise ModelError(f"config.model: {e}") from None
     if model.config.model_type != model_config.model_type:
         raise ModelError(
             f"{directory} holds SAM {model.config.model_type}, but config.model.model_type="

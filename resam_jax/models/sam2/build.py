@@ -4,6 +4,7 @@ none, with LoRA on the Hiera attention; and the adapted model exported with its 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,15 +17,37 @@ from resam_jax.models import ModelError
 from resam_jax.models.sam2.checkpoint import (
     CheckpointError,
     load_sam2_params,
+    load_video_only,
+    read_header,
     sam2_from_params,
     save_sam2_params,
 )
-from resam_jax.models.sam2.config import MODEL_TYPES, sam2_config
+from resam_jax.models.sam2.config import (
+    ATTENTION_IMPLEMENTATIONS,
+    LORA_TARGETS,
+    MODEL_TYPES,
+    REMAT_OPTIONS,
+    sam2_config,
+)
 from resam_jax.models.sam2.model import Sam2
 from resam_jax.models.sam2.params import CheckpointMismatchError
 
 # config.model.model_type: Meta's short names, or ours.
 SHORT_NAMES = {"t": "hiera_t", "s": "hiera_s", "b+": "hiera_b+", "l": "hiera_l"}
+
+# The values `build` accepts for each config.model field (resam_jax.models.config_choices).
+CONFIG_CHOICES = {
+    "model_type": (*SHORT_NAMES, *MODEL_TYPES),
+    # "sam": SAM2Transforms' ImageNet mean / std on [0, 1] (what the weights expect); "unit": [0, 1]
+    "pixel_norm": ("sam", "unit"),
+    "dtype": ("float32", "bfloat16"),
+    "attention": ATTENTION_IMPLEMENTATIONS,
+    "remat": REMAT_OPTIONS,
+    # Any non-empty choice of Hiera's fused qkv thirds, in that order.
+    "lora_targets": tuple(
+        c for r in range(1, len(LORA_TARGETS) + 1) for c in itertools.combinations(LORA_TARGETS, r)
+    ),
+}
 
 
 def model_type_of(name: str) -> str:
@@ -53,10 +76,6 @@ def build(config: ml_collections.ConfigDict) -> Sam2:
         attention_chunk_size=model_config.get("attention_chunk_size", 1024),
         remat=model_config.get("remat", "none"),
     )
-    if options["attention"] not in ("reference", "chunked"):  # SAM's "dot_product"
-        options["attention"] = "reference"
-    if options["remat"] not in ("none", "blocks"):  # SAM's checkpoint policies
-        options["remat"] = "blocks"
     image_size = config.data.image_size
     pixel_norm = model_config.get("pixel_norm", "sam")
     if not model_config.checkpoint:
@@ -64,7 +83,10 @@ def build(config: ml_collections.ConfigDict) -> Sam2:
             "config.model.checkpoint is empty: SAM 2 %s is RANDOMLY INITIALISED (no pretrained "
             "weights); its scores only show that the pipeline runs.", model_type
         )  # fmt: skip
-        sam2 = sam2_config(model_type, image_size=image_size, **options)
+        try:
+            sam2 = sam2_config(model_type, image_size=image_size, **options)
+        except ValueError as e:  # a field out of range for this size (image_size, ...)
+            raise ModelError(f"config.model: {e}") from None
         return Sam2(sam2, rngs=nnx.Rngs(config.seed), pixel_norm=pixel_norm)
     directory = Path(model_config.checkpoint).expanduser()
     if not directory.exists():
@@ -88,7 +110,11 @@ def build(config: ml_collections.ConfigDict) -> Sam2:
             f"{directory} is a SAM 2 for {stored.image_size}x{stored.image_size} inputs but "
             f"config.data.image_size={image_size}; set --config.data.image_size={stored.image_size}"
         )
-    model = sam2_from_params(dataclasses.replace(stored, **options), params, config.seed)
+    try:
+        adapted = dataclasses.replace(stored, **options)
+    except ValueError as e:  # a field out of range for the stored size (lora_start_layer, ...)
+        raise ModelError(f"config.model: {e}") from None
+    model = sam2_from_params(adapted, params, config.seed)
     model.pixel_norm = pixel_norm
     return model
 
@@ -111,6 +137,22 @@ def merged_params(model: Sam2) -> dict[tuple, np.ndarray]:
 
 def export_merged(model: Sam2, directory: str | Path, source: Mapping) -> None:
     """`model` with its LoRA folded in, as a converted SAM 2 checkpoint (no LoRA) that load_sam2,
-    build and the prediction commands read; `source` goes to the header."""
+    build and the prediction commands read; `source` goes to the header.
+
+    When source["path"] is the converted checkpoint the model was built from, its video-only
+    tensors (and its release) go with the export, so that weights_convert.export_sam2 writes a
+    file that `sam2`'s build_sam2 loads strictly, as it loads Meta's."""
     config = dataclasses.replace(model.config, lora_rank=None, lora_start_layer=None)
-    save_sam2_params(directory, merged_params(model), config, dict(source))
+    source = dict(source)
+    video_only = {}
+    origin = Path(str(source.get("path", ""))).expanduser()
+    if source.get("path") and origin.is_dir():
+        try:
+            release = read_header(origin).get("source", {}).get("release")
+        except CheckpointError:  # not a SAM 2 checkpoint: nothing to carry
+            release = None
+        else:
+            video_only = load_video_only(origin)
+        if release is not None:
+            source.setdefault("release", release)
+    save_sam2_params(directory, merged_params(model), config, source, video_only)

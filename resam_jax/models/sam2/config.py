@@ -93,6 +93,15 @@ class Sam2Config:
             raise ValueError(
                 f"Sam2Config.global_att_blocks has blocks {bad} outside 0..{self.depth - 1}"
             )
+        if (
+            self.lora_rank
+            and self.lora_start_layer is not None
+            and not (0 <= self.lora_start_layer < self.depth)
+        ):
+            raise ValueError(
+                f"Sam2Config.lora_start_layer={self.lora_start_layer} must be in "
+                f"0..{self.depth - 1} (or None for no LoRA)"
+            )
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"Sam2Config.dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
