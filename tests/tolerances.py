@@ -30,3 +30,11 @@ def squared_error_atol(mean_squared_error: float, count: int, rtol: float) -> fl
     p_max = 1.0 + math.sqrt(count * mean_squared_error)
     dp = rtol * p_max
     return 2.0 * math.sqrt(mean_squared_error) * dp + dp * dp
+
+
+# Parity of our SAM 2 with `sam2` 1.1.0's (max abs difference, float32 matmuls): the bounds of
+# docs/sam2.md, measured 10-100x below them (image embedding 1e-6 to 7e-6 at 1024, low-res logits
+# <= 1e-6, IoU 6e-8).
+SAM2_EMBEDDING_ATOL = 1e-4  # image embedding and high-resolution features
+SAM2_LOW_RES_LOGITS_ATOL = 2e-5
+SAM2_IOU_ATOL = 1e-6
