@@ -4,6 +4,7 @@ pasted at the tile's offset (minus the pixels of better-scored overlapping insta
 tiles larger than the model's input and not square (the stretch of SAM2Transforms)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -121,3 +122,17 @@ def test_everything_refuses_sam2(scene, capsys):
     assert main([*args, "--output", str(root / "e.tif"), "--vectors", str(root / "e.geojson")]) == 2
     assert "--everything takes a SAM checkpoint" in capsys.readouterr().err
     assert not (root / "e.tif").exists()
+
+
+def test_a_sam2_adapted_on_unit_pixels_is_refused(scene, tmp_path, capsys):
+    """A run with model.pixel_norm="unit" records it in its export; SAM 2's predictor always
+    normalises, so its masks would be wrong: the command says so instead."""
+    root, checkpoint, _ = scene
+    shutil.copytree(checkpoint, tmp_path / "unit")
+    header = json.loads((tmp_path / "unit" / "sam_checkpoint.json").read_text())
+    header["source"]["pixel_norm"] = "unit"
+    (tmp_path / "unit" / "sam_checkpoint.json").write_text(json.dumps(header))
+    args = ["--checkpoint", str(tmp_path / "unit"), "--image", str(root / "scene.png")]
+    args += ["--prompts", str(root / "prompts.geojson"), "--output", str(tmp_path / "m.tif")]
+    assert main([*args, "--vectors", str(tmp_path / "v.geojson")]) == 2
+    assert "adapted on model.pixel_norm='unit' pixels" in capsys.readouterr().err

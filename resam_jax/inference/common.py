@@ -88,6 +88,17 @@ def load_sam2_model(checkpoint: Path, pixel_norm: str = "auto"):
         )
     compilation_cache.enable()  # before the first compilation (RESAM_JAX_COMPILATION_CACHE)
     try:
+        header = json.loads((Path(checkpoint) / "sam_checkpoint.json").read_text())
+        adapted_on = header.get("source", {}).get("pixel_norm", "sam")
+    except (OSError, ValueError, AttributeError):
+        adapted_on = "sam"  # load_sam2 says what is wrong with the header
+    if adapted_on != "sam":  # a run with --config.model.pixel_norm=unit
+        raise PredictError(
+            f"{checkpoint} was adapted on model.pixel_norm={adapted_on!r} pixels, but SAM 2 "
+            "predicts on SAM2Transforms' normalised pixels; train with model.pixel_norm='sam' "
+            "(the configs/*_sam2.py default)"
+        )
+    try:
         return load_sam2(checkpoint)
     except CheckpointError as e:
         raise PredictError(str(e)) from None
