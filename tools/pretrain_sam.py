@@ -10,7 +10,10 @@ Every parameter of sam_config(--model-type) is trained from a random initialisat
 ground-truth masks of the training images, prompted as SAM is trained: a random set of 1..3
 positive and 0..3 negative points per instance, and the GT box jittered by 10% of its side;
 the loss is the mean of the two prompts' 20 * focal + dice + IoU-head MSE (docs/method.md 4.3,
-IoU target on probabilities). Only flips augment the images (strong_probability = 0): the source
+IoU target on probabilities). --correction-clicks K and --multimask add the rest of SAM's
+recipe (resam_jax/experiments/pretraining.py): K rounds of clicks drawn from the error region,
+and the ambiguity-aware three-mask first round; a run may continue another's checkpoint with a
+different recipe, and the record says which steps each trained. Only flips augment the images (strong_probability = 0): the source
 model must not see the photometric corruptions a study adapts it to. Pixels are fed as the
 published protocol feeds SAM ([0, 1], model.pixel_norm="unit"), so the packaged model runs
 that protocol without folding a normalisation into its patch embedding.
@@ -51,7 +54,7 @@ from flax import nnx
 from resam_jax import parallel
 from resam_jax.config import base_config
 from resam_jax.data import pipeline
-from resam_jax.experiments.pretraining import sam_training_loss
+from resam_jax.experiments.pretraining import BASE_RECIPE, Recipe, sam_training_loss
 from resam_jax.method.train_state import split_model
 from resam_jax.models.sam import (
     MODEL_TYPES,
@@ -68,13 +71,15 @@ PIXEL_NORM = "unit"  # the published protocol's input (docs/method.md section 9)
 
 
 @functools.lru_cache(maxsize=4)  # one compilation per model and schedule in a process
-def make_pretrain_step(graphdef: nnx.GraphDef, lr: float, steps: int):
+def make_pretrain_step(graphdef: nnx.GraphDef, lr: float, steps: int, recipe: Recipe = BASE_RECIPE):
     """Jitted (state, rest, batch) -> (state, loss): one step on the mean of the point- and the
-    box-prompted losses. `state` = {"params", "opt_state", "key", "step"}."""
+    box-prompted losses (and `recipe`'s correction rounds). `state` = {"params", "opt_state",
+    "key", "step"}."""
     optimizer = make_optimizer(lr, steps)
 
     def loss_fn(params, rest, batch, key):
-        return sam_training_loss(nnx.merge(graphdef, params, rest), batch, key, PIXEL_NORM)
+        model = nnx.merge(graphdef, params, rest)
+        return sam_training_loss(model, batch, key, PIXEL_NORM, recipe)
 
     def step(state, rest, batch):
         key, step_key = jax.random.split(jax.random.wrap_key_data(state["key"]))
@@ -189,6 +194,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="native-resolution tiles of this side (data.tile_size); 0 = whole images")  # fmt: skip
     parser.add_argument("--max-instances", type=int, default=8,
                         help="instance slots per sample (padding slots cost decoder time)")  # fmt: skip
+    parser.add_argument("--correction-clicks", type=int, default=0,
+                        help="SAM's iterative training: rounds adding one point from the error region, "
+                        "the previous mask as a prompt")  # fmt: skip
+    parser.add_argument("--multimask", action="store_true",
+                        help="SAM's ambiguity-aware first round (one point, three masks, minimum loss); "
+                        "needs --correction-clicks")  # fmt: skip
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -218,6 +229,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.package_only and not args.resume_dir:
         raise SystemExit("--package-only needs --resume-dir")
     config = sam_config(args.model_type, **encoder_overrides(args))
+    try:
+        recipe = Recipe(correction_clicks=args.correction_clicks, multimask=args.multimask)
+    except ValueError as e:
+        raise SystemExit(f"--correction-clicks / --multimask: {e}") from None
     if args.image_size is not None:
         config = dataclasses.replace(config, image_size=args.image_size)
     args.image_size = config.image_size
@@ -259,9 +274,19 @@ def run(args: argparse.Namespace) -> dict:
     record = json.loads(record_path.read_text()) if record_path and record_path.is_file() else {}
     seconds_before = float(record.get("train_seconds_total", 0.0))
 
+    # Which recipe trained which steps: a run may continue another's checkpoint with a new one.
+    recipes = record.setdefault("recipes", [])
+    if not recipes and seconds_before > 0:  # checkpoints of a version before recipes: the base one
+        recipes.append({"first_step": 0, "last_step": int(state["step"]), **dataclasses.asdict(Recipe())})  # fmt: skip
+
     def save():
         checkpoints.save(step, state, batches)
         record.update(train_seconds_total=round(seconds_before + time.perf_counter() - start, 1), step=step)  # fmt: skip
+        this_run = {"first_step": first_step, "last_step": step, **dataclasses.asdict(recipe)}
+        if recipes and recipes[-1]["first_step"] == first_step:
+            recipes[-1] = this_run
+        else:
+            recipes.append(this_run)
         record_path.write_text(json.dumps(record) + "\n")
         logging.info("checkpoint at step %d", step)
 
@@ -270,7 +295,7 @@ def run(args: argparse.Namespace) -> dict:
     state = jax.device_put(state, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     stop = {"now": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    step_fn = make_pretrain_step(graphdef, args.lr, args.steps)
+    step_fn = make_pretrain_step(graphdef, args.lr, args.steps, recipe)
     step = int(state["step"])
     recent: list[jax.Array] = []
     start = last_save = time.perf_counter()
@@ -309,11 +334,11 @@ def run(args: argparse.Namespace) -> dict:
         scores = prompt_scores(model, train_data, args.eval_split, args.seed)
         logging.info("step %d %s: %s", step, args.eval_split, json.dumps(scores))
     if args.output:
-        package(args, model, config, step, num_images, scores, train_seconds, mean_loss)
+        package(args, model, config, step, num_images, scores, train_seconds, mean_loss, recipes)
     return {**result, "scores": scores}
 
 
-def package(args, model, config, step, num_images, scores, train_seconds, final_loss) -> None:
+def package(args, model, config, step, num_images, scores, train_seconds, final_loss, recipes) -> None:  # fmt: skip
     flat = {
         path: np.asarray(variable.get_value())
         for path, variable in nnx.to_flat_state(nnx.state(model))
@@ -326,6 +351,8 @@ def package(args, model, config, step, num_images, scores, train_seconds, final_
         *(["--encoder-width", str(args.encoder_width)] if args.encoder_width else []),
         *(["--encoder-depth", str(args.encoder_depth)] if args.encoder_depth else []),
         "--max-instances", str(args.max_instances),
+        *(["--correction-clicks", str(args.correction_clicks)] if args.correction_clicks else []),
+        *(["--multimask"] if args.multimask else []),
         "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
         "--seed", str(args.seed), "--resume-dir", "CKPT_DIR", "--output", "OUTPUT",
     ]  # fmt: skip
@@ -344,6 +371,8 @@ def package(args, model, config, step, num_images, scores, train_seconds, final_
             f"half: {num_images} images, flips only"
             + (f", native-resolution tiles of {args.tile_size} px" if args.tile_size else ""),
             "pixel_norm": PIXEL_NORM,
+            # Steps trained per recipe (first_step exclusive, last_step inclusive).
+            "recipes": recipes,
             "final_loss": None if np.isnan(final_loss) else round(final_loss, 4),
             "train_seconds": round(train_seconds),
             "eval": {
