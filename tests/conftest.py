@@ -1,5 +1,7 @@
 """Shared test set-up: float32 matmuls everywhere, so parity bounds mean what they say."""
 
+import ctypes
+import gc
 import resource
 import sys
 from pathlib import Path
@@ -49,9 +51,33 @@ def synthetic_data(tmp_path_factory):
 _PEAK_RAISES: dict[str, list[tuple[int, int, str]]] = {"pytest process": [], "child processes": []}
 
 
+def _trim_heap() -> None:
+    gc.collect()
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@pytest.fixture(autouse=True)
+def _release_memory_after_each_test():
+    """Give the heap back after every test (a collection and malloc_trim: milliseconds), and
+    the compiled programs after every module: without this the suite's RSS only grows and the
+    full-size tests stack their peaks (14.9 GiB measured, 6.9 GiB of it held over from earlier
+    tests)."""
+    yield
+    _trim_heap()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs_after_each_module():
+    yield
+    jax.clear_caches()
+    _trim_heap()
+
+
 def _max_rss_kib() -> dict[str, int]:
     return {
         "pytest process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        # A child counts the parent's pages between fork and exec: this is an upper bound.
         "child processes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
     }
 
