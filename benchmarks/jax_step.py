@@ -6,7 +6,9 @@ none of them).
   prompted with 1 positive + 1 negative point (the arrays, or their shapes);
 - `build_jax_step`: base_config() in mode "resam" (epoch 1) with the given model options, jitted
   and built on abstract shapes (nothing allocated): what --memory-analysis and the planner
-  compile;
+  compile. family "sam2": the same config moved to SAM 2.1 by resam_jax.config.use_sam2, as
+  configs/*_sam2.py (pixel_norm "sam", LoRA rank 4 on q, v of the second half of the Hiera
+  blocks), the model built by resam_jax.models.build as a run builds it (random weights);
 - `concrete_state`: the random-weight model the timed runs train, with its mask logits scaled
   (`MASK_LOGIT_SCALE`) so that the step TRAINS: a random SAM's mask logits lie within about
   +-1 (std 0.1 to 0.25), under Refine's confidence threshold (p (1 - H(p)) > 0.3 needs a logit
@@ -14,7 +16,8 @@ none of them).
   skipped. Multiplying the last layer of each mask-token hypernetwork MLP (kernel and bias) by
   `MASK_LOGIT_SCALE` multiplies the mask logits by it, keeps their signs, and leaves the
   program (shapes, FLOPs) as it is; the PyTorch step (benchmarks/torch_step.py) scales its
-  model the same way. `assert_trains` checks the step's metrics;
+  model the same way (SAM 2's decoder has the same hypernetwork MLPs). `assert_trains` checks
+  the step's metrics (and, where given, that the LoRA changed);
 - `compiled_analysis` / `model_flops`: XLA's memory and cost analysis of a compiled step, and
   the model FLOPs per step MFU divides by.
 """
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     import ml_collections
 
     from resam_jax.models.sam import Sam, SamConfig
+    from resam_jax.models.sam2 import Sam2Config
 
 # LoRA from encoder block 6, as configs/nwpu.py (the public config_nwpu) and base_config; the
 # configs' choice for the small models (configs/demo.py's for the tiny SAM, configs/study_nwpu.py's
@@ -47,11 +51,40 @@ BATCH_SEED = 0
 MASK_LOGIT_SCALE = 30.0
 
 
-def default_lora_start_layer(model_type: str, lora_start_layer: int | None = None) -> int:
-    """`lora_start_layer` if given, else the configs' choice for `model_type`."""
+FAMILIES = ("sam", "sam2")
+# The SAM 2.1 sizes the benchmarks take (config.model.model_type, resam_jax.config.SAM2_SIZES),
+# and the tests' small Hiera (resam_jax.models.sam2.config).
+SAM2_MODEL_TYPES = ("t", "s", "b+", "l", "hiera_test")
+
+
+def default_lora_start_layer(
+    model_type: str, lora_start_layer: int | None = None, family: str = "sam"
+) -> int:
+    """`lora_start_layer` if given, else the configs' choice for `model_type` (SAM 2: the
+    second half of the Hiera blocks, resam_jax.config.use_sam2)."""
     if lora_start_layer is not None:
         return lora_start_layer
+    if family == "sam2":
+        return sam2_model_config(model_type).depth // 2
     return LORA_START_LAYERS.get(model_type, LORA_START_LAYER)
+
+
+def sam2_model_config(model_type: str, **overrides) -> Sam2Config:
+    """The Sam2Config of a SAM 2 size as config.model.model_type names it (t | s | b+ | l, or
+    hiera_test)."""
+    from resam_jax.models.sam2 import sam2_config
+    from resam_jax.models.sam2.build import model_type_of
+
+    return sam2_config(model_type_of(model_type), **overrides)
+
+
+def default_image_size(model_type: str, family: str = "sam") -> int:
+    """The model's own input size (SAM 2: Sam2Config's, 1024 for Meta's sizes)."""
+    if family == "sam2":
+        return sam2_model_config(model_type).image_size
+    from resam_jax.models.sam import sam_config
+
+    return sam_config(model_type).image_size
 
 
 def synthetic_batch(
@@ -130,10 +163,41 @@ class JaxStep:
 
     name: str  # for the tables, e.g. "resam-jax (float32, chunked 128 attention, remat blocks)"
     config: ml_collections.ConfigDict  # base_config() with mode "resam" and these options
-    sam: SamConfig
+    sam: SamConfig | Sam2Config  # the model's configuration (config.model.family's)
     step: Callable  # jax.jit(make_train_step(...)) donating the state: (state, frozen, batch)
     state: Any  # the TrainState at step 0, as jax.ShapeDtypeStruct leaves
     frozen: Any  # the frozen SAM variables, as jax.ShapeDtypeStruct leaves
+
+    @property
+    def family(self) -> str:
+        return self.config.model.get("family", "sam")
+
+    def new_model(self, seed: int) -> Any:
+        """The model of this step with random weights drawn from `seed`."""
+        return new_model(self.config, self.sam, seed)
+
+
+def new_model(config: ml_collections.ConfigDict, sam: Any, seed: int) -> Any:
+    """SAM (`Sam(sam)`) or, for config.model.family "sam2", SAM 2 as a run builds it
+    (resam_jax.models.build with no checkpoint: random weights from `seed`)."""
+    from flax import nnx
+
+    if config.model.get("family", "sam") == "sam2":
+        import logging
+
+        from resam_jax import models
+
+        config = config.copy_and_resolve_references()
+        config.seed = seed
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # build's warning: no checkpoint, random weights
+        try:
+            return models.build(config)
+        finally:
+            logging.disable(previous)
+    from resam_jax.models.sam import Sam
+
+    return Sam(sam, rngs=nnx.Rngs(seed))
 
 
 def build_jax_step(
@@ -143,21 +207,32 @@ def build_jax_step(
     remat: str,
     chunk_size: int | None = None,
     dtype: str = "float32",
-    lora_start_layer: int = LORA_START_LAYER,
+    lora_start_layer: int | None = None,
     instance_chunk_size: int | None = None,
+    family: str = "sam",
 ) -> JaxStep:
     """The train step of resam_jax.config.base_config() in mode "resam" (epoch 1) with these
-    model options (chunk_size, instance_chunk_size None: base_config's), on abstract shapes."""
+    model options (chunk_size, instance_chunk_size None: base_config's; lora_start_layer None:
+    the configs' choice, default_lora_start_layer), on abstract shapes. family "sam2":
+    base_config moved to SAM 2.1 `model_type` by use_sam2, as configs/*_sam2.py."""
     import jax
     from flax import nnx
 
-    from resam_jax.config import base_config
+    from resam_jax.config import base_config, use_sam2
     from resam_jax.method.train_state import create_train_state, split_model
     from resam_jax.method.train_step import make_train_step
-    from resam_jax.models.sam import Sam, sam_config
+    from resam_jax.models.sam import sam_config
 
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r}; expected one of {FAMILIES}")
     config = base_config()
     config.method.mode = "resam"
+    if family == "sam2":
+        # use_sam2 takes Meta's sizes; the tests' hiera_test goes through the same fields.
+        use_sam2(config, model_type if model_type in ("t", "s", "b+", "l") else "b+")
+        config.model.update(model_type=model_type, checkpoint="")
+        config.data.image_size = image_size
+    lora_start_layer = default_lora_start_layer(model_type, lora_start_layer, family)
     config.model.update(
         lora_start_layer=lora_start_layer, attention=attention, remat=remat, dtype=dtype
     )
@@ -165,22 +240,35 @@ def build_jax_step(
         config.model.attention_chunk_size = chunk_size
     if instance_chunk_size is not None:
         config.train.instance_chunk_size = instance_chunk_size
-    sam = sam_config(
-        model_type,
-        image_size=image_size,
-        lora_rank=config.model.lora_rank,
-        lora_start_layer=config.model.lora_start_layer,
-        dtype=config.model.dtype,
-        attention=config.model.attention,
-        attention_chunk_size=config.model.attention_chunk_size,
-        remat=config.model.remat,
-    )
+    if family == "sam2":
+        sam = sam2_model_config(
+            model_type,
+            image_size=image_size,
+            lora_rank=config.model.lora_rank,
+            lora_start_layer=config.model.lora_start_layer,
+            lora_targets=tuple(config.model.lora_targets),
+            dtype=config.model.dtype,
+            attention=config.model.attention,
+            attention_chunk_size=config.model.attention_chunk_size,
+            remat=config.model.remat,
+        )
+        feature_dim = sam.d_model
+    else:
+        sam = sam_config(
+            model_type,
+            image_size=image_size,
+            lora_rank=config.model.lora_rank,
+            lora_start_layer=config.model.lora_start_layer,
+            dtype=config.model.dtype,
+            attention=config.model.attention,
+            attention_chunk_size=config.model.attention_chunk_size,
+            remat=config.model.remat,
+        )
+        feature_dim = sam.prompt_embed_dim
     if attention == "chunked":
         attention = f"chunked {config.model.attention_chunk_size}"
-    graphdef, lora, frozen = split_model(nnx.eval_shape(lambda: Sam(sam, rngs=nnx.Rngs(0))))
-    state = jax.eval_shape(
-        lambda lora: create_train_state(lora, sam.prompt_embed_dim, config), lora
-    )
+    graphdef, lora, frozen = split_model(nnx.eval_shape(lambda: new_model(config, sam, 0)))
+    state = jax.eval_shape(lambda lora: create_train_state(lora, feature_dim, config), lora)
     step = jax.jit(
         make_train_step(graphdef, config, steps_per_epoch=10**6), donate_argnums=0
     )  # epoch 1
@@ -197,7 +285,7 @@ def build_jax_step(
 def scale_mask_logits(model: Sam, scale: float = MASK_LOGIT_SCALE) -> Sam:
     """Multiplies the last layer (kernel and bias) of every mask-token hypernetwork MLP by
     `scale`, in place: the mask logits, a dot product of those outputs with the upscaled
-    embedding, are multiplied by `scale` (module docstring)."""
+    embedding, are multiplied by `scale` (module docstring). SAM or SAM 2."""
     for mlp in model.mask_decoder.output_hypernetworks_mlps:
         last = mlp.layers[-1]
         last.kernel[...] = last.kernel[...] * scale
@@ -209,14 +297,11 @@ def scale_mask_logits(model: Sam, scale: float = MASK_LOGIT_SCALE) -> Sam:
 def concrete_state(jax_step: JaxStep) -> tuple[Any, Any]:
     """(TrainState at step 0, frozen variables) of a random model (seed config.seed) with its
     mask logits scaled, so that the step trains."""
-    from flax import nnx
-
     from resam_jax.method.train_state import create_train_state, split_model
-    from resam_jax.models.sam import Sam
 
-    model = scale_mask_logits(Sam(jax_step.sam, rngs=nnx.Rngs(jax_step.config.seed)))
+    model = scale_mask_logits(jax_step.new_model(jax_step.config.seed))
     _, lora, frozen = split_model(model)
-    return create_train_state(lora, jax_step.sam.prompt_embed_dim, jax_step.config), frozen
+    return create_train_state(lora, model.feature_dim, jax_step.config), frozen
 
 
 class StepDoesNotTrain(AssertionError):
@@ -225,7 +310,7 @@ class StepDoesNotTrain(AssertionError):
 
 def assert_trains(metrics: Mapping[str, Any], side: str) -> None:
     """Raises StepDoesNotTrain unless the step kept an instance (valid_instances > 0) and, where
-    the metrics say, was not skipped."""
+    the metrics say, was not skipped and changed the LoRA (lora_changed)."""
     valid = float(metrics["valid_instances"])
     skipped = bool(float(metrics.get("skipped", 0)))
     if valid <= 0 or skipped:
@@ -233,6 +318,19 @@ def assert_trains(metrics: Mapping[str, Any], side: str) -> None:
             f"the {side} step does not train (valid_instances={valid:g}, skipped={skipped}): "
             "its teacher kept no pseudo-label"
         )
+    if not bool(metrics.get("lora_changed", True)):
+        raise StepDoesNotTrain(f"the {side} step does not train: its LoRA did not change")
+
+
+def lora_changed(before: Any, after: Any) -> bool:
+    """Whether any LoRA leaf differs between two states' `lora` (host copies of `before`: the
+    step donates its state)."""
+    import jax
+
+    return any(
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))
+    )
 
 
 def compiled_analysis(jax_step: JaxStep, batch: dict) -> dict:
@@ -276,6 +374,7 @@ def model_flops(
     batch: int,
     dtype: str = "float32",
     lora_start_layer: int | None = None,
+    family: str = "sam",
 ) -> float:
     """FLOPs of one train step as the model needs them: the step with attention "reference"
     and all instances decoded at once (no loop whose body XLA's cost analysis would count
@@ -283,8 +382,8 @@ def model_flops(
     program, before XLA's optimisations, so that no compile is needed."""
     jax_step = build_jax_step(
         model_type, image_size, "reference", "none", dtype=dtype,
-        lora_start_layer=default_lora_start_layer(model_type, lora_start_layer),
-        instance_chunk_size=0,
+        lora_start_layer=default_lora_start_layer(model_type, lora_start_layer, family),
+        instance_chunk_size=0, family=family,
     )  # fmt: skip
     lowered = jax_step.step.lower(
         jax_step.state, jax_step.frozen, abstract_batch(image_size, instances, batch)

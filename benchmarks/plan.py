@@ -3,9 +3,12 @@
     python -m benchmarks.plan --model-type vit_h --batch 4 --instances 50
     python -m benchmarks.plan --attention reference chunked --remat none blocks
     python -m benchmarks.plan --table          # the README's sweep: ViT-B/L/H x batch 1-8 x remat
+    python -m benchmarks.plan --family sam2 --model-type b+ --instances 8   # SAM 2.1 Hiera-b+
+    python -m benchmarks.plan --family sam2 --table   # the same sweep over SAM 2.1 t / s / b+ / l
 
 Each attention x remat option's train step (benchmarks/jax_step.py's, as the timed benchmarks': base_config in mode
-"resam", LoRA from block 6) is compiled for one device of the current backend on abstract
+"resam", LoRA from block 6; --family sam2: moved to SAM 2.1 by use_sam2 as configs/*_sam2.py,
+LoRA on q, v of the second half of the Hiera blocks) is compiled for one device of the current backend on abstract
 inputs (`--batch` images per device, `--instances` instance slots each): no parameter, batch or
 activation is allocated. Printed per option, from XLA's compiled memory analysis: the bytes of
 the arguments (parameters, optimiser state, batch), outputs, temporaries and the part of the
@@ -36,17 +39,20 @@ if not __package__:  # run as a script (python benchmarks/plan.py): benchmarks.*
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.jax_step import (
+    FAMILIES,
     LORA_START_LAYER,
     LORA_START_LAYERS,
+    SAM2_MODEL_TYPES,
     abstract_batch,
     build_jax_step,
     compiled_analysis,
+    default_image_size,
     default_lora_start_layer,
     model_flops,
 )
 from benchmarks.peak_flops import peak_flops
 from resam_jax.config import base_config
-from resam_jax.models.sam import MODEL_TYPES, sam_config
+from resam_jax.models.sam import MODEL_TYPES
 from resam_jax.models.sam.architecture import ATTENTION_IMPLEMENTATIONS, REMAT_OPTIONS
 from resam_jax.parallel import set_default_xla_flags
 
@@ -66,28 +72,29 @@ def plan(
     lora_start_layer: int | None = None,
     chunk_size: int | None = None,
     instance_chunk_size: int | None = None,
+    family: str = "sam",
 ) -> dict:
     """The model FLOPs of one step and, per attention x remat option, compiled_analysis of
     its step for `batch` images per device with `instances` slots each (chunk_size None:
-    base_config's)."""
-    lora_start_layer = default_lora_start_layer(model_type, lora_start_layer)
+    base_config's; family "sam2": SAM 2.1, model_type t | s | b+ | l)."""
+    lora_start_layer = default_lora_start_layer(model_type, lora_start_layer, family)
     shapes = abstract_batch(image_size, instances, batch)
     options = []
     for attention in attentions:
         for remat in remats:
             jax_step = build_jax_step(
                 model_type, image_size, attention, remat, chunk_size, dtype, lora_start_layer,
-                instance_chunk_size,
+                instance_chunk_size, family,
             )  # fmt: skip
             options.append(
                 {"attention": attention, "remat": remat, "name": jax_step.name,
                  **compiled_analysis(jax_step, shapes)}
             )  # fmt: skip
-    flops = model_flops(model_type, image_size, instances, batch, dtype, lora_start_layer)
+    flops = model_flops(model_type, image_size, instances, batch, dtype, lora_start_layer, family)
     return {"model_flops": flops, "options": options}
 
 
-TABLE_MODELS = ("vit_b", "vit_l", "vit_h")
+TABLE_MODELS = {"sam": ("vit_b", "vit_l", "vit_h"), "sam2": ("t", "s", "b+", "l")}
 TABLE_BATCHES = (1, 2, 4, 8)
 TABLE_REMATS = ("none", "blocks")
 # XLA:CPU keeps its per-option FLOPs for options without a loop only (module docstring).
@@ -123,13 +130,13 @@ def print_sweep(args: argparse.Namespace) -> None:
     """The README's table, a markdown row per model x batch x remat as soon as it is known."""
     print("| model | images per device | remat | total GiB | temporaries GiB | model TFLOP per "
           "step | compile s |\n|---|---|---|---|---|---|---|", flush=True)  # fmt: skip
-    for model_type in TABLE_MODELS:
+    for model_type in TABLE_MODELS[args.family]:
         for batch in TABLE_BATCHES:
-            image_size = args.image_size or sam_config(model_type).image_size
+            image_size = args.image_size or default_image_size(model_type, args.family)
             result = plan(
                 model_type, image_size, batch, args.instances, (args.attention[0],),
                 TABLE_REMATS, args.dtype, args.lora_start_layer, args.chunk_size,
-                args.instance_chunk,
+                args.instance_chunk, args.family,
             )  # fmt: skip
             for o in result["options"]:
                 print(f"| {model_type} | {batch} | {o['remat']} | {o['total_bytes'] / GIB:.2f} | "
@@ -139,7 +146,12 @@ def print_sweep(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-type", default="vit_b", choices=MODEL_TYPES)
+    parser.add_argument("--family", default="sam", choices=FAMILIES)
+    parser.add_argument(
+        "--model-type", default=None,
+        help=f"sam: {' | '.join(MODEL_TYPES)} (default vit_b); sam2: "
+        f"{' | '.join(SAM2_MODEL_TYPES)} (default b+)",
+    )  # fmt: skip
     parser.add_argument("--batch", type=int, default=1, help="images per device")
     parser.add_argument("--instances", type=int, default=50, help="instance slots per image")
     parser.add_argument("--image-size", type=int, default=None, help="default: the model's")
@@ -163,15 +175,24 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument(
         "--lora-start-layer", type=int, default=None,
-        help=f"default: {LORA_START_LAYERS} as the configs, else {LORA_START_LAYER}",
+        help=f"default: {LORA_START_LAYERS} as the configs, else {LORA_START_LAYER} (sam2: half "
+        "the Hiera blocks, as use_sam2)",
     )  # fmt: skip
     parser.add_argument(
         "--table", action="store_true",
-        help=f"the README's sweep: {', '.join(TABLE_MODELS)} x {TABLE_BATCHES} images per device "
-        f"x remat {', '.join(TABLE_REMATS)} (first --attention), as markdown",
+        help=f"the README's sweep: {', '.join(TABLE_MODELS['sam'])} (sam2: "
+        f"{', '.join(TABLE_MODELS['sam2'])}) x {TABLE_BATCHES} images per device x remat "
+        f"{', '.join(TABLE_REMATS)} (first --attention), as markdown",
     )  # fmt: skip
     parser.add_argument("--no-peak", action="store_true", help="skip the peak-FLOP/s estimates")
     args = parser.parse_args()
+    model_types = SAM2_MODEL_TYPES if args.family == "sam2" else MODEL_TYPES
+    args.model_type = args.model_type or ("b+" if args.family == "sam2" else "vit_b")
+    if args.model_type not in model_types:
+        parser.error(f"--model-type={args.model_type} for {args.family}; expected one of "
+                     f"{', '.join(model_types)}")  # fmt: skip
+    if args.family == "sam2" and set(args.attention) - {"reference", "chunked"}:
+        parser.error("--family sam2 takes --attention reference | chunked")
     if args.batch < 1 or args.instances < 1:
         parser.error(f"--batch={args.batch} and --instances={args.instances} must be at least 1")
     if args.instance_chunk is not None and args.instance_chunk < 0:
@@ -188,13 +209,15 @@ def main() -> None:
     if args.table:
         print_sweep(args)
         return
-    image_size = args.image_size or sam_config(args.model_type).image_size
-    lora_start_layer = default_lora_start_layer(args.model_type, args.lora_start_layer)
-    print(f"SAM {args.model_type}, {image_size}x{image_size}, {args.batch} image(s) per device, "
-          f"LoRA from block {lora_start_layer}", flush=True)  # fmt: skip
+    image_size = args.image_size or default_image_size(args.model_type, args.family)
+    lora_start_layer = default_lora_start_layer(args.model_type, args.lora_start_layer, args.family)
+    name = "SAM 2.1" if args.family == "sam2" else "SAM"
+    print(f"{name} {args.model_type}, {image_size}x{image_size}, {args.batch} image(s) per "
+          f"device, LoRA from block {lora_start_layer}", flush=True)  # fmt: skip
     result = plan(
         args.model_type, image_size, args.batch, args.instances, tuple(args.attention),
         tuple(args.remat), args.dtype, lora_start_layer, args.chunk_size, args.instance_chunk,
+        args.family,
     )  # fmt: skip
     print_plan(result, None if args.no_peak else peak_flops(args.dtype))
 

@@ -104,6 +104,20 @@ def test_cli_prints_an_option_row():
     assert remat == "blocks" and float(gib[4]) > float(gib[2]) > 0
 
 
+def test_cli_plans_a_sam2_step():
+    """--family sam2 (issue 22): the SAM 2 step as configs/*_sam2.py set it, LoRA from half the
+    Hiera blocks; the tests' small Hiera at 64 px."""
+    code, output = run_module(
+        "benchmarks.plan", "--family", "sam2", "--model-type", "hiera_test", "--image-size", "64",
+        "--instances", "4", "--remat", "blocks", "--no-peak",
+    )  # fmt: skip
+    assert code == 0, output
+    assert "SAM 2.1 hiera_test, 64x64, 1 image(s) per device, LoRA from block 4" in output
+    (row,) = [line for line in output.splitlines() if line.startswith("chunked 128 ")]
+    remat, *gib = row.split()[2:8]
+    assert remat == "blocks" and float(gib[4]) > float(gib[2]) > 0
+
+
 def test_cli_rejects_an_empty_batch():
     code, output = run_module("benchmarks.plan", "--model-type", "tiny", "--batch", "0")
     assert code == 2

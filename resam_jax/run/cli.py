@@ -38,12 +38,14 @@ _HELP = ("--help", "-h", "-?", "--helpfull", "--helpshort")
 def run_command(job: Callable[[], T]) -> T:
     """The body every run command shares (resam_jax.main and resam_jax.experiments): XLA's
     default flags (parallel.set_default_xla_flags), the multi-host set-up and the persistent
-    compilation cache (resam_jax.compilation_cache) before anything touches a JAX backend, quiet
-    library logs, and a RunError (missing weights, unprepared data, a bad config value) as one
-    error line with exit code 2."""
+    compilation cache (resam_jax.compilation_cache) before anything touches a JAX backend, the
+    compiler's freed heap handed back after each compilation
+    (parallel.release_memory_after_compiles), quiet library logs, and a RunError (missing
+    weights, unprepared data, a bad config value) as one error line with exit code 2."""
     from resam_jax import compilation_cache, parallel
 
     parallel.set_default_xla_flags()
+    parallel.release_memory_after_compiles()
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     compilation_cache.enable(_COMPILATION_CACHE.value)
     from resam_jax.run import reporting

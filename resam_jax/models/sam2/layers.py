@@ -115,15 +115,41 @@ def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, chunk_size: int | None = None):
     """softmax(q k^T / sqrt(d)) v over [B, L, heads, d] (F.scaled_dot_product_attention); scores
-    and softmax in float32. With `chunk_size`, blocks of that many queries run in turn
-    (jax.lax.map), each rematerialised, so at most one block of scores exists at a time."""
+    and softmax in float32. With `chunk_size` (below the number of queries): chunked_attention."""
     b, lq, h, d = q.shape
     if chunk_size is not None and lq > chunk_size:
-        rows = max(r for r in range(1, chunk_size + 1) if lq % r == 0)
-        blocks = q.reshape(b, lq // rows, rows, h, d).transpose(1, 0, 2, 3, 4)
-        attend = jax.checkpoint(lambda block: attention(block, k, v), prevent_cse=False)
-        out = jax.lax.map(attend, blocks)
-        return out.transpose(1, 0, 2, 3, 4).reshape(b, lq, h, d)
+        return chunked_attention(q, k, v, chunk_size)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(d**-0.5, q.dtype), k)
     weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, chunk_size: int) -> jax.Array:
+    """`attention` one head and one block of at most `chunk_size` queries at a time (jax.lax.map
+    over heads, then over blocks, each block rematerialised): one [rows, keys] block of scores
+    exists at a time (2 MB for 128 queries of Hiera's 64 x 64 grid), in cache on a CPU. Each
+    block is normalised after its product with v (exp(s - max) v / sum), the softmax's
+    division on [rows, d] instead of [rows, keys]. On two CPU cores this runs Hiera-b+'s
+    global attention (8 heads, 4096 tokens) in half the time of all heads per block."""
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    rows = max(r for r in range(1, chunk_size + 1) if lq % r == 0)
+
+    def per_head(x: jax.Array, length: int) -> jax.Array:  # [b, L, h, d] -> [b h, L, d]
+        return x.transpose(0, 2, 1, 3).reshape(b * h, length, d)
+
+    scaled = per_head(q * jnp.asarray(d**-0.5, q.dtype), lq).reshape(b * h, lq // rows, rows, d)
+
+    def one_head(args):
+        blocks, keys, values = args  # [n, rows, d], [lk, d], [lk, d]
+
+        def block(x):
+            scores = jnp.dot(x, keys.T, preferred_element_type=jnp.float32)
+            weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+            out = jnp.dot(weights.astype(values.dtype), values, preferred_element_type=jnp.float32)
+            return (out / jnp.sum(weights, axis=-1, keepdims=True)).astype(values.dtype)
+
+        return jax.lax.map(jax.checkpoint(block, prevent_cse=False), blocks)
+
+    out = jax.lax.map(one_head, (scaled, per_head(k, lk), per_head(v, lk)))
+    return out.reshape(b, h, lq, d).transpose(0, 2, 1, 3)
