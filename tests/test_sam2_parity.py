@@ -447,3 +447,49 @@ def test_memory_options_compute_the_same_function(pair):
     # bfloat16 through the trunk; the neck's top-down sum is float32, as in torch autocast
     assert half.image_encoder.trunk.patch_embed(images).dtype == jnp.bfloat16
     assert np.abs(np.asarray(low, np.float32) - embed).max() <= 0.05 * np.abs(embed).max()
+
+
+CHECKPOINT = ("remat2", "checkpoint")  # jax.checkpoint's primitive, by jax version
+
+
+def all_eqns(jaxpr):
+    """The equations of a jaxpr and of the jaxprs nested in them (pjit, ...), not entering a
+    checkpoint's."""
+    from jax.extend.core import jaxprs_in_params
+
+    for eqn in jaxpr.eqns:
+        yield eqn
+        if eqn.primitive.name not in CHECKPOINT:
+            for sub in jaxprs_in_params(eqn.params):
+                yield from all_eqns(sub)
+
+
+@pytest.mark.parametrize("remat", ["blocks", "dots_with_no_batch_dims_saveable"])
+def test_remat_puts_the_lora_blocks_under_checkpoint_with_its_policy(pair, remat):
+    """Sam2Config.remat: each block from the first LoRA block on runs under jax.checkpoint with
+    the option's policy (blocks: none, save nothing), the frozen blocks before them plainly (they
+    carry no gradient); "none" checkpoints nothing. A remat option ignored, or applied to every
+    block, fails here."""
+    import dataclasses
+
+    from flax import nnx
+
+    from resam_jax.models.sam2.checkpoint import sam2_from_params
+
+    _, model = pair
+    params = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+    images = jnp.asarray(normal(1, CONFIG.image_size, CONFIG.image_size, 3, seed=13))
+    start = 5
+
+    def checkpoints(option):
+        config = dataclasses.replace(CONFIG, lora_rank=4, lora_start_layer=start, remat=option)
+        variant = sam2_from_params(config, params)
+        graphdef, state = nnx.split(variant)
+        jaxpr = jax.make_jaxpr(lambda s: nnx.merge(graphdef, s).encode(images))(state)
+        return [e.params["policy"] for e in all_eqns(jaxpr.jaxpr) if e.primitive.name in CHECKPOINT]
+
+    assert checkpoints("none") == []
+    policies = checkpoints(remat)
+    assert len(policies) == len(CONFIG.blocks()) - start, policies
+    expected = None if remat == "blocks" else getattr(jax.checkpoint_policies, remat)
+    assert all(policy is expected for policy in policies), policies

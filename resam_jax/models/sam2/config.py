@@ -8,7 +8,9 @@ import dataclasses
 import jax.numpy as jnp
 
 ATTENTION_IMPLEMENTATIONS = ("reference", "chunked")
-REMAT_OPTIONS = ("none", "blocks")
+# As SAM's (resam_jax.models.sam.architecture): nothing, whole blocks, or a jax.checkpoint
+# policy naming what a block keeps for the backward pass; from the first LoRA block on.
+REMAT_OPTIONS = ("none", "blocks", "dots_with_no_batch_dims_saveable", "dots_saveable")
 LORA_TARGETS = ("q", "k", "v")  # the thirds of Hiera's fused qkv projection
 
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from resam_jax.models.sam.image_encoder import lora_a_init
+from resam_jax.models.sam.image_encoder import lora_a_init, remat_block_call
 from resam_jax.models.sam2.config import LORA_TARGETS, BlockSpec, Sam2Config
 from resam_jax.models.sam2.layers import (
     MLP,
@@ -173,6 +173,8 @@ class Hiera(nnx.Module):
             ]
         )
         self.stage_ends = config.stage_ends
+        # Only blocks with LoRA carry gradients; the frozen ones before them keep no residuals.
+        self.remat_from = min(lora_blocks, default=len(self.blocks))
         self.remat = config.remat
         self.dtype = dtype
 
@@ -189,14 +191,9 @@ class Hiera(nnx.Module):
         x = self.patch_embed(images)
         x = x + self.position_embedding(*x.shape[1:3]).astype(x.dtype)
         outputs = []
+        rematerialised = remat_block_call(self.remat)  # Sam2Config.remat: blocks or a policy
         for i, block in enumerate(self.blocks):
-            x = remat_call(block, x) if self.remat == "blocks" else block(x)
+            x = rematerialised(block, x) if i >= self.remat_from else block(x)
             if i in self.stage_ends:
                 outputs.append(x)
         return outputs
-
-
-def remat_call(block: MultiScaleBlock, x: jax.Array) -> jax.Array:
-    """block(x) keeping only x for the backward pass (a block's call writes no state)."""
-    graphdef, state = nnx.split(block)
-    return jax.checkpoint(lambda state, x: nnx.merge(graphdef, state)(x))(state, x)
