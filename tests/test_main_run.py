@@ -1,11 +1,11 @@
 """The run on a tiny SAM and a small synthetic dataset: configs, errors, resume, the demo CLI."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 from resam_jax import run
 from resam_jax.data.prepare import prepare
+from resam_jax.run import reporting
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("nwpu", "whu", "hrsid", "demo")
@@ -406,33 +407,18 @@ def test_resume_after_a_kill_logs_each_step_once_and_refuses_a_changed_config(
     assert [s for s, _ in evaluations] == [4, 8]  # epoch 1 (step 4, re-run) and epoch 2
 
 
-def test_sigterm_saves_a_checkpoint_and_the_resumed_run_continues_exactly(tmp_path, synthetic_data):
+def test_sigterm_saves_a_checkpoint_and_the_resumed_run_continues_exactly(
+    tmp_path, synthetic_data, monkeypatch
+):
     """A preempted VM gets SIGTERM: the run saves a checkpoint after the current step, stops
     without exporting, and the same command resumes to the parameters of an uninterrupted run."""
-    import os
-    import signal
-    import threading
-    import time
-
     steps = dict(num_epochs=4, log_every_steps=1, checkpoint_every_steps=100, eval_every_epochs=4)
     full = run.train_and_evaluate(small_config(synthetic_data, **steps), tmp_path / "full")
     workdir = tmp_path / "preempted"
 
-    def terminate_after_step_2():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            log = workdir / "metrics.jsonl"
-            rows = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-            if any(r["kind"] == "train" and r["step"] >= 2 for r in rows):
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=terminate_after_step_2, daemon=True)
-    killer.start()
-    first = run.train_and_evaluate(small_config(synthetic_data, **steps), workdir)
-    killer.join()
-    assert first["preempted"] and 2 <= first["steps"] < full["steps"] == 16
+    with _terminate_once(monkeypatch, workdir, 2):
+        first = run.train_and_evaluate(small_config(synthetic_data, **steps), workdir)
+    assert first["preempted"] and first["steps"] == 2 and full["steps"] == 16
     assert (workdir / "checkpoints" / str(first["steps"])).is_dir()
     assert not (workdir / "export").exists()
 
@@ -459,25 +445,30 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_continues_exactly(tmp_pa
         np.testing.assert_array_equal(trained[name], exported[name], err_msg=name)
 
 
-def _terminate_once(metrics: Path, step: int) -> threading.Thread:
-    """SIGTERM to this process once `metrics` logs train step `step` (a preempted VM)."""
+@contextlib.contextmanager
+def _terminate_once(monkeypatch, workdir: Path, step: int):
+    """SIGTERM to this process once train step `step` is logged under `workdir` (a preempted VM).
 
-    def watch():
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            lines = metrics.read_text().splitlines() if metrics.exists() else []
-            if any(r["kind"] == "train" and r["step"] >= step for r in map(json.loads, lines)):
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            time.sleep(0.02)
+    Sent from the loop's own thread as the row is written, so the loop sees it before its next
+    step: a watcher thread polling metrics.jsonl raced the last steps of a short phase (CI).
+    """
+    write = reporting.MetricWriter.write
+    sent = []
 
-    killer = threading.Thread(target=watch, daemon=True)
-    killer.start()
-    return killer
+    def write_then_terminate(self, at, kind, scalars, label=None):
+        write(self, at, kind, scalars, label)
+        if not sent and kind == "train" and at >= step and self._path.parent == workdir:
+            sent.append(at)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(reporting.MetricWriter, "write", write_then_terminate)
+        yield sent
+    assert sent == [step], f"no SIGTERM at step {step} under {workdir}: {sent}"
 
 
 def test_every_phase_resumes_after_sigterm_and_says_what_a_resumed_epoch_covers(
-    tmp_path, synthetic_data
+    tmp_path, synthetic_data, monkeypatch
 ):
     """ReSAM, then the Supervised comparison: SIGTERM in either phase checkpoints and stops,
     and the same call goes on (issue 18: the supervised phase died with an IndexError)."""
@@ -486,14 +477,12 @@ def test_every_phase_resumes_after_sigterm_and_says_what_a_resumed_epoch_covers(
     config.method.mode = "resam"
     workdir = tmp_path / "run"
 
-    killer = _terminate_once(workdir / "metrics.jsonl", 2)  # within ReSAM's only epoch
-    first = run.train_and_evaluate(config, workdir)
-    killer.join()
-    assert first["preempted"] and first["steps"] < 4
+    with _terminate_once(monkeypatch, workdir, 2):  # within ReSAM's only epoch
+        first = run.train_and_evaluate(config, workdir)
+    assert first["preempted"] and first["steps"] == 2
 
-    killer = _terminate_once(workdir / "supervised" / "metrics.jsonl", 2)
-    second = run.train_and_evaluate(config, workdir)
-    killer.join()
+    with _terminate_once(monkeypatch, workdir / "supervised", 2):
+        second = run.train_and_evaluate(config, workdir)
     assert second["preempted"] and not (workdir / "supervised" / "export").exists()
     # The epoch's pseudo-label row covers the steps after the resume, and says so.
     [(label, _)] = second["pseudo_labels"]
