@@ -245,27 +245,6 @@ def mfu(flops: float | None, seconds: float, dtype: str) -> float | None:
 # ---------------------------------------------------------------------------- parity, encoder
 
 
-def perturb_(module, seed: int = 0) -> None:
-    """Every tensor of a random segment-anything model perturbed so that none keeps SAM's
-    symmetric initial value (relative positions 0, norm scales 1), as tests/sam_reference.py."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-            if name.endswith(("pixel_mean", "pixel_std")):
-                continue
-            noise = torch.randn(tensor.shape, generator=gen)
-            if "rel_pos" in name or "pos_embed" in name:
-                tensor.copy_(0.1 * noise)
-            elif tensor.ndim == 1 and name.endswith("weight"):
-                tensor.copy_(1.0 + 0.2 * noise)
-            elif tensor.ndim == 1:
-                tensor.copy_(0.1 * noise)
-            else:
-                tensor.add_(0.01 * noise)
-
-
 def agreement(logits: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     """Share of mask pixels on the same side of logit 0, and of each instance's median
     reference logit (where a low-precision error moves the most pixels across)."""
@@ -333,7 +312,7 @@ class Reference:
 def build_reference(plan: Plan) -> Reference:
     import jax.numpy as jnp
 
-    from benchmarks.torch_step import torch_sam
+    from benchmarks.torch_step import perturb_, torch_sam
     from resam_jax.models.sam import normalize_pixels, sam_config
     from resam_jax.models.sam.params import torch_to_flax
 

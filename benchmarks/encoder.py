@@ -126,37 +126,16 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def perturb_(module, seed: int) -> None:
-    """Noise on every floating tensor of a torch module, in place, so that no parameter keeps
-    the constant (zero, one) its initialisation gave it: a weight mapped to the wrong place
-    changes the output. Positional embeddings N(0, 0.5^2); 1-D weights (norm scales)
-    1 + N(0, 0.2^2); other 1-D tensors (biases) N(0, 0.1^2); the rest + N(0, 0.01^2)."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-            if not tensor.is_floating_point():
-                continue
-            noise = torch.randn(tensor.shape, generator=generator)
-            if "pos_embed" in name or name == "no_mem_embed":
-                tensor.copy_(0.5 * noise)
-            elif tensor.ndim == 1 and name.endswith("weight"):
-                tensor.copy_(1.0 + 0.2 * noise)
-            elif tensor.ndim == 1:
-                tensor.copy_(0.1 * noise)
-            else:
-                tensor.add_(0.01 * noise)
-
-
 def sam2_torch_model(model_type: str):
     """`sam2`'s image model at `model_type`, seed 0, perturbed: the same weights in every
     process (the parity child converts them for resam-jax)."""
     from benchmarks.jax_step import sam2_model_config
-    from benchmarks.torch_step import torch_sam2
+    from benchmarks.torch_step import perturb_, torch_sam2
 
     model = torch_sam2(sam2_model_config(model_type)).eval()
-    perturb_(model, 0)
+    # As tests/sam2_reference.py: the position embeddings (which the bicubic interpolation
+    # reads) at a larger scale.
+    perturb_(model, 0, position_scale=0.5, positions=("pos_embed", "no_mem_embed"), keep=())
     return model
 
 

@@ -142,6 +142,40 @@ def torch_sam2(config: Sam2Config, seed: int = 0) -> torch.nn.Module:
     )
 
 
+def perturb_(
+    module: torch.nn.Module,
+    seed: int = 0,
+    *,
+    position_scale: float = 0.1,
+    positions: tuple[str, ...] = ("rel_pos", "pos_embed"),
+    keep: tuple[str, ...] = ("pixel_mean", "pixel_std"),
+) -> None:
+    """Noise on every floating tensor of a random torch model, in place, so that none keeps the
+    symmetric value its initialisation gave it (relative positions 0, norm scales 1) and a
+    weight mapped to the wrong place changes the output, as tests/sam_reference.py does.
+
+    Tensors named with one of `positions` become N(0, position_scale^2); 1-D weights (norm
+    scales) 1 + N(0, 0.2^2); other 1-D tensors (biases) N(0, 0.1^2); the rest get + N(0, 0.01^2).
+    Tensors whose name ends with one of `keep` stay as they are.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            if not tensor.is_floating_point() or name.endswith(keep):
+                continue
+            noise = torch.randn(tensor.shape, generator=generator)
+            if any(part in name for part in positions):
+                tensor.copy_(position_scale * noise)
+            elif tensor.ndim == 1 and name.endswith("weight"):
+                tensor.copy_(1.0 + 0.2 * noise)
+            elif tensor.ndim == 1:
+                tensor.copy_(0.1 * noise)
+            else:
+                tensor.add_(0.01 * noise)
+
+
 def sam2_features(sam2: torch.nn.Module, images: torch.Tensor) -> dict:
     """SAM2ImagePredictor.set_image's features of normalised NCHW images: forward_image (the
     trunk, the neck, conv_s0 / conv_s1 on levels 0 and 1), no_mem_embed added to level 2;

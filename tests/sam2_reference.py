@@ -14,11 +14,9 @@ import torch
 pytest.importorskip("sam2")
 
 from flax import nnx  # noqa: E402
-from sam2.modeling.backbones.hieradet import Hiera  # noqa: E402
-from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder  # noqa: E402
-from sam2.modeling.position_encoding import PositionEmbeddingSine  # noqa: E402
 from sam2.modeling.sam2_base import SAM2Base  # noqa: E402
 
+from benchmarks.torch_step import perturb_, torch_sam2  # noqa: E402
 from resam_jax.models.sam2 import Sam2, Sam2Config  # noqa: E402
 from resam_jax.models.sam2.checkpoint import sam2_from_params  # noqa: E402
 from resam_jax.models.sam2.params import torch_to_flax  # noqa: E402
@@ -32,41 +30,6 @@ YAML = {
 YAML_2_0 = {k: v.replace("sam2.1/sam2.1_", "sam2/sam2_") for k, v in YAML.items()}
 
 
-def image_model(config: Sam2Config) -> SAM2Base:
-    """SAM2Base without the video modules, built as the sam2.1 yaml files build it."""
-    trunk = Hiera(
-        embed_dim=config.embed_dim,
-        num_heads=config.num_heads,
-        stages=config.stages,
-        global_att_blocks=config.global_att_blocks,
-        window_spec=config.window_spec,
-        window_pos_embed_bkg_spatial_size=config.pos_embed_bkg_size,
-    )
-    neck = FpnNeck(
-        PositionEmbeddingSine(num_pos_feats=config.d_model),
-        d_model=config.d_model,
-        backbone_channel_list=trunk.channel_list,
-        fpn_top_down_levels=[2, 3],
-        fpn_interp_model="nearest",
-    )
-    return SAM2Base(
-        ImageEncoder(trunk, neck, scalp=1),
-        memory_attention=None,
-        memory_encoder=None,
-        image_size=config.image_size,
-        use_high_res_features_in_sam=True,
-        directly_add_no_mem_embed=True,
-        iou_prediction_use_sigmoid=True,
-        pred_obj_scores=True,
-        pred_obj_scores_mlp=True,
-        sam_mask_decoder_extra_args=dict(
-            dynamic_multimask_via_stability=True,
-            dynamic_multimask_stability_delta=config.stability_delta,
-            dynamic_multimask_stability_thresh=config.stability_thresh,
-        ),
-    )
-
-
 def released_model(model_type: str, version: str = "2.1") -> SAM2Base:
     """The whole SAM2Base (video modules included) of a release's yaml, as build_sam2 makes it."""
     from sam2.build_sam import build_sam2
@@ -76,28 +39,16 @@ def released_model(model_type: str, version: str = "2.1") -> SAM2Base:
 
 
 def build_reference(config: Sam2Config, seed: int = 0) -> SAM2Base:
-    torch.manual_seed(seed)
-    model = image_model(config)
+    """SAM2Base without the video modules, as the sam2.1 yaml files build it, randomised."""
+    model = torch_sam2(config, seed)
     randomize_(model, seed)
     return model.eval()
 
 
-@torch.no_grad()
 def randomize_(module: torch.nn.Module, seed: int) -> None:
-    """Perturb every tensor so that no parameter keeps a symmetric or constant value."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-        if not tensor.is_floating_point():
-            continue
-        noise = torch.randn(tensor.shape, generator=gen)
-        if "pos_embed" in name or name == "no_mem_embed":
-            tensor.copy_(0.5 * noise)
-        elif tensor.ndim == 1 and name.endswith("weight"):  # norm scales
-            tensor.copy_(1.0 + 0.2 * noise)
-        elif tensor.ndim == 1:  # biases
-            tensor.copy_(0.1 * noise)
-        else:
-            tensor.add_(0.01 * noise)
+    """Perturb every tensor so that no parameter keeps a symmetric or constant value; the
+    position embeddings (which the bicubic interpolation reads) at a larger scale."""
+    perturb_(module, seed, position_scale=0.5, positions=("pos_embed", "no_mem_embed"), keep=())
 
 
 def numpy_state_dict(module: torch.nn.Module) -> dict[str, np.ndarray]:

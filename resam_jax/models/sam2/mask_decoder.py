@@ -148,6 +148,10 @@ class MaskDecoder(nnx.Module):
         `dynamic_multimask` is MaskDecoder.dynamic_multimask_via_stability in eval mode: a
         single-mask output whose stability is below the threshold is replaced by the best-IoU
         multimask output (build_sam2's default for inference; training runs without it).
+
+        The returned mask tokens (SAM 2's object-pointer input) are the three multimask tokens
+        with `multimask_output`, else the single-mask token, as the released configurations
+        set use_multimask_token_for_obj_ptr.
         """
         n = sparse_embeddings.shape[0]
         output_tokens = jnp.concatenate(
@@ -183,7 +187,8 @@ class MaskDecoder(nnx.Module):
             masks, iou_pred = self._dynamic_multimask(masks, iou_pred)
         else:
             masks, iou_pred = masks[:, :1], iou_pred[:, :1]
-        return masks, iou_pred, mask_tokens_out[:, :1], object_score_logits
+        tokens_out = mask_tokens_out[:, 1:] if multimask_output else mask_tokens_out[:, :1]
+        return masks, iou_pred, tokens_out, object_score_logits
 
     def _stability(self, logits: jax.Array) -> jax.Array:
         """IoU of the mask at +delta and at -delta, [n, m]; 1 where both are empty."""

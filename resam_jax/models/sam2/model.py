@@ -101,7 +101,7 @@ class Sam2(nnx.Module):
     ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """n prompt sets against `features` of one image (repeated, the predictor's batched
         mode) or of n images -> (low-res logits [n, m, 4E, 4E], IoU [n, m], output token
-        [n, 1, C], object-score logits [n, 1]), m = 3 with `multimask_output`, else 1."""
+        [n, m, C], object-score logits [n, 1]), m = 3 with `multimask_output`, else 1."""
         return self.mask_decoder(
             features["image_embed"],
             self.prompt_encoder.dense_pe(),
