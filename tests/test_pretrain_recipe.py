@@ -13,7 +13,8 @@ from flax import nnx
 
 from resam_jax.experiments import pretraining
 from resam_jax.experiments.pretraining import Recipe, error_region_clicks, sam_training_loss
-from resam_jax.models.sam import Sam, sam_config
+from resam_jax.method.losses import segmentation_losses
+from resam_jax.models.sam import Sam, decode_masks, normalize_pixels, sam_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools import pretrain_sam  # noqa: E402
@@ -108,11 +109,39 @@ def test_correction_rounds_add_decodes_to_the_loss():
     assert np.isfinite(with_clicks) and abs(with_clicks - base) > 1e-3 * base
 
 
+def test_the_bce_recipe_trains_cross_entropy_and_dice_in_every_round():
+    model, batch = _model_and_batch()
+    key = jax.random.key(2)
+    bce_fn, state = _jitted_loss(model, Recipe(mask_loss="bce"))
+    got = float(bce_fn(state, batch, key))
+    # The base decodes restated: BCE (weight 1) + dice + the IoU head, for points and box.
+    images = normalize_pixels(batch["weak_image"], batch["content_mask"], "unit")
+    embedding = model.encode(images)
+    labels, boxes = pretraining.sam_training_prompts(key, batch)
+    total = 0.0
+    for prompts in ({"points": batch["points"], "point_labels": labels}, {"boxes": boxes}):
+        logits, iou = decode_masks(model, embedding, images.shape[1], **prompts)
+        parts = segmentation_losses(
+            logits, iou, batch["masks"], batch["instance_valid"], pretraining.FOCAL_ALPHA,
+            pretraining.FOCAL_GAMMA, iou_target_on="probs", mask_loss="bce",
+        )  # fmt: skip
+        total += float(parts["bce"] + parts["dice"] + parts["iou"])
+    np.testing.assert_allclose(got, total / 2, rtol=1e-5)
+    # The correction rounds and the three-mask round train it too.
+    for recipe in (Recipe(correction_clicks=1), Recipe(correction_clicks=1, multimask=True)):
+        focal_fn, _ = _jitted_loss(model, recipe)
+        bce_fn, _ = _jitted_loss(model, Recipe(**{**recipe.__dict__, "mask_loss": "bce"}))
+        focal, bce = float(focal_fn(state, batch, key)), float(bce_fn(state, batch, key))
+        assert np.isfinite(bce) and abs(bce - focal) > 1e-2 * focal, recipe
+
+
 def test_recipe_validation():
     with pytest.raises(ValueError, match="multimask needs"):
         Recipe(multimask=True)
     with pytest.raises(ValueError, match=">= 0"):
         Recipe(correction_clicks=-1)
+    with pytest.raises(ValueError, match="mask_loss='l2'"):
+        Recipe(mask_loss="l2")
 
 
 def test_a_run_records_which_recipe_trained_which_steps(synthetic_data, tmp_path):
@@ -126,15 +155,36 @@ def test_a_run_records_which_recipe_trained_which_steps(synthetic_data, tmp_path
     first = pretrain_sam.run(pretrain_sam._parser().parse_args([*common, "--stop-after", "2"]))
     second = pretrain_sam.run(
         pretrain_sam._parser().parse_args(
-            [*common, "--correction-clicks", "1", "--multimask", "--output", str(tmp_path / "sam")]
+            [
+                *common,
+                "--correction-clicks",
+                "1",
+                "--multimask",
+                "--mask-loss",
+                "bce",
+                "--output",
+                str(tmp_path / "sam"),
+            ]
         )
     )
     assert first["step"] == 2 and second["step"] == 3
     assert all(np.isfinite(second["losses"]))
     header = json.loads((tmp_path / "sam" / "sam_checkpoint.json").read_text())
     assert header["source"]["recipes"] == [
-        {"first_step": 0, "last_step": 2, "correction_clicks": 0, "multimask": False},
-        {"first_step": 2, "last_step": 3, "correction_clicks": 1, "multimask": True},
+        {
+            "first_step": 0,
+            "last_step": 2,
+            "correction_clicks": 0,
+            "multimask": False,
+            "mask_loss": "focal",
+        },
+        {
+            "first_step": 2,
+            "last_step": 3,
+            "correction_clicks": 1,
+            "multimask": True,
+            "mask_loss": "bce",
+        },
     ]
     with pytest.raises(SystemExit, match="multimask needs"):
         pretrain_sam.run(pretrain_sam._parser().parse_args([*common, "--multimask"]))

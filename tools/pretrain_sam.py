@@ -12,7 +12,8 @@ positive and 0..3 negative points per instance, and the GT box jittered by 10% o
 the loss is the mean of the two prompts' 20 * focal + dice + IoU-head MSE (docs/method.md 4.3,
 IoU target on probabilities). --correction-clicks K and --multimask add the rest of SAM's
 recipe (resam_jax/experiments/pretraining.py): K rounds of clicks drawn from the error region,
-and the ambiguity-aware three-mask first round; a run may continue another's checkpoint with a
+and the ambiguity-aware three-mask first round; --mask-loss bce trains BCE + dice instead of
+20 focal + dice; a run may continue another's checkpoint with a
 different recipe, and the record says which steps each trained. Only flips augment the images (strong_probability = 0): the source
 model must not see the photometric corruptions a study adapts it to. Pixels are fed as the
 published protocol feeds SAM ([0, 1], model.pixel_norm="unit"), so the packaged model runs
@@ -54,7 +55,7 @@ from flax import nnx
 from resam_jax import parallel
 from resam_jax.config import base_config
 from resam_jax.data import pipeline
-from resam_jax.experiments.pretraining import BASE_RECIPE, Recipe, sam_training_loss
+from resam_jax.experiments.pretraining import BASE_RECIPE, MASK_WEIGHTS, Recipe, sam_training_loss
 from resam_jax.method.train_state import split_model
 from resam_jax.models.sam import (
     MODEL_TYPES,
@@ -200,6 +201,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--multimask", action="store_true",
                         help="SAM's ambiguity-aware first round (one point, three masks, minimum loss); "
                         "needs --correction-clicks")  # fmt: skip
+    parser.add_argument("--mask-loss", choices=sorted(MASK_WEIGHTS), default="focal",
+                        help="the mask term of every decode: SAM's 20 focal, or 1 BCE (MedSAM's); "
+                        "each + dice + the IoU head's loss")  # fmt: skip
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -230,7 +234,11 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit("--package-only needs --resume-dir")
     config = sam_config(args.model_type, **encoder_overrides(args))
     try:
-        recipe = Recipe(correction_clicks=args.correction_clicks, multimask=args.multimask)
+        recipe = Recipe(
+            correction_clicks=args.correction_clicks,
+            multimask=args.multimask,
+            mask_loss=args.mask_loss,
+        )
     except ValueError as e:
         raise SystemExit(f"--correction-clicks / --multimask: {e}") from None
     if args.image_size is not None:
@@ -353,6 +361,7 @@ def package(args, model, config, step, num_images, scores, train_seconds, final_
         "--max-instances", str(args.max_instances),
         *(["--correction-clicks", str(args.correction_clicks)] if args.correction_clicks else []),
         *(["--multimask"] if args.multimask else []),
+        *(["--mask-loss", args.mask_loss] if args.mask_loss != "focal" else []),
         "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
         "--seed", str(args.seed), "--resume-dir", "CKPT_DIR", "--output", "OUTPUT",
     ]  # fmt: skip

@@ -12,6 +12,12 @@ time:
 - multimask: the point round starts from ONE positive point, decoded into SAM's three
   ambiguity-aware masks of which only the one with the lowest loss is trained (the IoU head on
   all three); the correction rounds then train the single-mask output that several points use.
+
+and one change of loss: `mask_loss="bce"` trains every decode with per-pixel binary cross-entropy
++ dice (MedSAM's loss, BCE_WEIGHT 1) instead of SAM's 20 focal + dice. The focal term stops
+pushing a pixel once it is classified (p ~ 0.8), which leaves the interior of objects at
+probabilities that ReSAM's Refine (p (1 - H) > 0.3, H in nats: p > ~0.73) finds unconfident;
+cross-entropy goes on raising them.
 """
 
 import dataclasses
@@ -24,6 +30,8 @@ from resam_jax.models.sam import Sam, decode_masks, normalize_pixels, upsample_l
 
 # The student's loss weights and focal parameters (docs/method.md section 4.3).
 FOCAL_ALPHA, FOCAL_GAMMA, FOCAL_WEIGHT = 0.8, 2.0, 20.0
+BCE_WEIGHT = 1.0
+MASK_WEIGHTS = {"focal": FOCAL_WEIGHT, "bce": BCE_WEIGHT}
 
 # GT boxes are jittered by this fraction of their side, as SAM's training does; it also teaches
 # the model boxes that are not tight (Requery prompts with boxes of imperfect refined masks).
@@ -54,8 +62,15 @@ class Recipe:
 
     correction_clicks: int = 0
     multimask: bool = False
+    mask_loss: str = "focal"
+
+    @property
+    def interactive(self) -> bool:
+        return self.correction_clicks > 0 or self.multimask
 
     def __post_init__(self):
+        if self.mask_loss not in MASK_WEIGHTS:
+            raise ValueError(f"mask_loss={self.mask_loss!r}; expected one of {list(MASK_WEIGHTS)}")
         if self.correction_clicks < 0:
             raise ValueError(f"correction_clicks={self.correction_clicks}; expected >= 0")
         if self.multimask and self.correction_clicks < 1:
@@ -67,8 +82,17 @@ class Recipe:
 BASE_RECIPE = Recipe()
 
 
-def _weighted_loss(parts: dict) -> jax.Array:
-    return FOCAL_WEIGHT * parts["focal"] + parts["dice"] + parts["iou"]
+def _weighted_loss(parts: dict, recipe: Recipe) -> jax.Array:
+    return MASK_WEIGHTS[recipe.mask_loss] * parts[recipe.mask_loss] + parts["dice"] + parts["iou"]
+
+
+def _losses(logits, iou, masks, valid, recipe: Recipe) -> dict:
+    """The mask term of `recipe`, dice and the IoU head's loss (IoU target on probabilities,
+    as SAM's own training) over the valid instances."""
+    return segmentation_losses(
+        logits, iou, masks, valid, FOCAL_ALPHA, FOCAL_GAMMA, iou_target_on="probs",
+        mask_loss=recipe.mask_loss,
+    )  # fmt: skip
 
 
 def error_region_clicks(
@@ -90,16 +114,17 @@ def error_region_clicks(
     return points[:, :, None], labels[:, :, None]
 
 
-def _multimask_round(model, embedding, size, points, labels, masks, valid):
+def _multimask_round(model, embedding, size, points, labels, masks, valid, recipe):
     """SAM's ambiguity-aware first round: three masks from one positive point, the lowest-loss
     one trained (the IoU head on all three). Returns (loss, the best-scored mask's low-res
     logits and its upsampled logits)."""
     low, iou = model.decode(embedding, points=points, point_labels=labels, multimask_output=True)
     logits = upsample_logits(low, size)  # [B, N, 3, S, S]
     per_mask = instance_losses(
-        logits, iou, masks[:, :, None], FOCAL_ALPHA, FOCAL_GAMMA, iou_target_on="probs"
-    )
-    mask_terms = FOCAL_WEIGHT * per_mask["focal"] + per_mask["dice"]  # [B, N, 3]
+        logits, iou, masks[:, :, None], FOCAL_ALPHA, FOCAL_GAMMA, iou_target_on="probs",
+        mask_loss=recipe.mask_loss,
+    )  # fmt: skip
+    mask_terms = MASK_WEIGHTS[recipe.mask_loss] * per_mask[recipe.mask_loss] + per_mask["dice"]
     best = jnp.argmin(mask_terms, axis=-1)
     trained = jnp.take_along_axis(mask_terms, best[..., None], axis=-1)[..., 0]
     loss = masked_mean(trained + jnp.mean(per_mask["iou"], axis=-1), valid)
@@ -112,23 +137,21 @@ def _multimask_round(model, embedding, size, points, labels, masks, valid):
 def sam_training_loss(
     model: Sam, batch, key: jax.Array, pixel_norm: str, recipe: Recipe = BASE_RECIPE
 ) -> jax.Array:
-    """Mean over every decode of the 20 focal + dice + IoU-head losses on the GT masks (IoU
-    target on probabilities, as SAM's own training): the point- and the box-prompted decodes of
-    sam_training_prompts, then `recipe`'s."""
+    """Mean over every decode of the mask term (20 focal, or `recipe`'s) + dice + IoU-head
+    losses on the GT masks (IoU target on probabilities, as SAM's own training): the point- and
+    the box-prompted decodes of sam_training_prompts, then `recipe`'s rounds."""
     images = normalize_pixels(batch["weak_image"], batch["content_mask"], pixel_norm)
     embedding = model.encode(images)
     point_labels, boxes = sam_training_prompts(key, batch)
-    if recipe != BASE_RECIPE:
+    if recipe.interactive:
         click_key = jax.random.fold_in(key, 1)
         return _interactive_loss(model, embedding, batch, click_key, point_labels, boxes, recipe)
     total = 0.0
     for prompts in ({"points": batch["points"], "point_labels": point_labels}, {"boxes": boxes}):
         logits, iou = decode_masks(model, embedding, images.shape[1], **prompts)
-        parts = segmentation_losses(
-            logits, iou, batch["masks"], batch["instance_valid"], FOCAL_ALPHA, FOCAL_GAMMA,
-            iou_target_on="probs",
-        )  # fmt: skip
-        total += FOCAL_WEIGHT * parts["focal"] + parts["dice"] + parts["iou"]
+        total += _weighted_loss(
+            _losses(logits, iou, batch["masks"], batch["instance_valid"], recipe), recipe
+        )
     return total / 2
 
 
@@ -149,16 +172,14 @@ def _interactive_loss(model, embedding, batch, key, point_labels, boxes, recipe:
         prompts = dict(start)
         if recipe.multimask and "boxes" not in prompts:
             loss, low, logits = _multimask_round(
-                model, embedding, size, prompts["points"], prompts["point_labels"], masks, valid
+                model, embedding, size, prompts["points"], prompts["point_labels"], masks, valid,
+                recipe,
             )  # fmt: skip
         else:
             low, iou = model.decode(embedding, **_non_empty(prompts), multimask_output=False)
             low, iou = low[:, :, 0], iou[:, :, 0]
             logits = upsample_logits(low, size)
-            parts = segmentation_losses(
-                logits, iou, masks, valid, FOCAL_ALPHA, FOCAL_GAMMA, iou_target_on="probs"
-            )
-            loss = _weighted_loss(parts)
+            loss = _weighted_loss(_losses(logits, iou, masks, valid, recipe), recipe)
         losses.append(loss)
         for click_key in jax.random.split(start_key, recipe.correction_clicks):
             points, labels = error_region_clicks(
@@ -170,10 +191,7 @@ def _interactive_loss(model, embedding, batch, key, point_labels, boxes, recipe:
             low, iou = model.decode(embedding, **prompts, multimask_output=False)
             low, iou = low[:, :, 0], iou[:, :, 0]
             logits = upsample_logits(low, size)
-            parts = segmentation_losses(
-                logits, iou, masks, valid, FOCAL_ALPHA, FOCAL_GAMMA, iou_target_on="probs"
-            )
-            losses.append(_weighted_loss(parts))
+            losses.append(_weighted_loss(_losses(logits, iou, masks, valid, recipe), recipe))
     return sum(losses) / len(losses)
 
 
