@@ -9,7 +9,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 
-from resam_jax.experiments.study import CLEAN, ROWS, parse_names, row_config
+from resam_jax.experiments.study import CLEAN, ROWS, parse_corruptions, parse_names, row_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,6 +35,9 @@ def test_rows_are_the_papers_rows_as_overrides():
     assert (refine.method.requery, refine.method.ssa_max_weight) == (False, 0.0)
     assert refine.data.corruption == "fog"
     assert row_config(config, "resam", CLEAN).data.corruption == ""
+    assert refine.data.corruption_severity == config.data.corruption_severity == 3
+    strong = row_config(config, "resam", "fog:5")  # a severity of its own
+    assert (strong.data.corruption, strong.data.corruption_severity) == ("fog", 5)
     assert row_config(config, "supervised", CLEAN).method.mode == "supervised"
     assert config.method.requery is True and config.data.corruption == ""  # untouched
     assert list(ROWS)[0] == "direct" and "resam" in ROWS
@@ -42,11 +45,12 @@ def test_rows_are_the_papers_rows_as_overrides():
 
 def test_study_writes_results_table_and_plot_and_resumes(tmp_path, synthetic_data):
     workdir = tmp_path / "study"
-    args = ("--rows=direct,refine_only,resam", "--corruptions=clean,gaussian_noise")
+    args = ("--rows=direct,refine_only,resam", "--corruptions=clean,gaussian_noise:5")
     result = _run(workdir, synthetic_data, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
-    assert list(results) == ["clean", "gaussian_noise"]
+    assert list(results) == ["clean", "gaussian_noise:5"]
+    assert (workdir / "gaussian_noise-5" / "resam" / "result.json").exists()
     for rows in results.values():
         assert list(rows) == ["direct", "refine_only", "resam"]
         assert rows["direct"]["steps"] == 0 and rows["resam"]["steps"] == 2
@@ -56,9 +60,9 @@ def test_study_writes_results_table_and_plot_and_resumes(tmp_path, synthetic_dat
         assert rows["resam"]["pseudo_labels"]  # the per-epoch diagnostics
         assert rows["resam"]["iou_per_epoch"][0][1] == pytest.approx(rows["direct"]["final"]["iou"])
     # The corruption reaches the data: Direct SAM scores differ from the clean ones.
-    assert results["clean"]["direct"]["final"] != results["gaussian_noise"]["direct"]["final"]
+    assert results["clean"]["direct"]["final"] != results["gaussian_noise:5"]["direct"]["final"]
     table = (workdir / "results.md").read_text()
-    assert "### gaussian_noise" in table and "| Refine only |" in table
+    assert "### gaussian_noise:5" in table and "| Refine only |" in table
     with PIL.Image.open(workdir / "iou_per_epoch.png") as image:
         assert image.width > 600
 
@@ -72,6 +76,10 @@ def test_study_writes_results_table_and_plot_and_resumes(tmp_path, synthetic_dat
 def test_unknown_row_or_corruption_is_a_one_line_error(tmp_path, synthetic_data):
     with pytest.raises(ValueError, match="unknown resmu"):
         parse_names("direct,resmu", list(ROWS), "rows")
+    assert parse_corruptions("clean, fog:4,snow") == ["clean", "fog:4", "snow"]
+    for bad in ("fog:6", "clean:3", "fog:", "fog:x"):
+        with pytest.raises(ValueError, match=f"unknown {bad}"):
+            parse_corruptions(f"clean,{bad}")
     result = _run(tmp_path / "s", synthetic_data, "--corruptions=clean,fgo")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "unknown fgo" in result.stderr and "gaussian_noise" in result.stderr

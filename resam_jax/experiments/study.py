@@ -3,8 +3,10 @@ r"""The adaptation study: every row of the paper's table, clean and under corrup
     python -m resam_jax.study --config configs/study_nwpu.py --workdir runs/study \
         [--rows direct,resam,...] [--corruptions clean,gaussian_noise,...] [--config.a.b=value ...]
 
-For each corruption (ImageNet-C at config.data.corruption_severity, or "clean") and each row,
-one run of resam_jax.run.train_and_evaluate in WORKDIR/<corruption>/<row>, with the row's
+For each corruption (ImageNet-C at config.data.corruption_severity, or at the severity a
+"name:severity" entry names, e.g. gaussian_noise:5; or "clean") and each row, one run of
+resam_jax.run.train_and_evaluate in WORKDIR/<corruption>/<row> (<corruption> "name-severity"
+for a "name:severity" entry), with the row's
 overrides on top of --config (ROWS below). A finished row leaves a `result.json` and is not run
 again; an interrupted one resumes from its checkpoint: the same command picks the study up
 where it stopped. At the end (and after every row) the study writes
@@ -25,7 +27,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from resam_jax.data.corruptions import CORRUPTIONS
+from resam_jax.data.corruptions import CORRUPTIONS, SEVERITIES
 from resam_jax.experiments.gates import headroom_gates
 from resam_jax.method.metrics import SCORE_NAMES
 from resam_jax.run import cli  # --config, --workdir and the multi-host flags
@@ -73,14 +75,41 @@ def parse_names(text: str, known: list[str] | tuple[str, ...], what: str) -> lis
     return names
 
 
+def parse_corruptions(text: str) -> list[str]:
+    """Entries of --corruptions: "clean", a corruption name, or "name:severity" (severity 1-5)."""
+    entries = [n.strip() for n in text.split(",") if n.strip()]
+    bad = []
+    for entry in entries:
+        name, colon, severity = entry.partition(":")
+        if name == CLEAN and not colon:
+            continue
+        if name not in CORRUPTIONS or (colon and severity not in map(str, SEVERITIES)):
+            bad.append(entry)
+    if not entries or bad:
+        raise ValueError(
+            f"--corruptions={text!r}: unknown {', '.join(bad) if entries else 'empty list'}; "
+            f"expected 'clean' or ImageNet-C names ({', '.join(CORRUPTIONS)}), each optionally "
+            f"with ':severity', severity in {SEVERITIES[0]}-{SEVERITIES[-1]}"
+        )
+    return entries
+
+
+def corruption_dir(corruption: str) -> str:
+    """The study's folder for a --corruptions entry: fog, or fog-4 for fog:4."""
+    return corruption.replace(":", "-")
+
+
 def row_config(config, row: str, corruption: str):
     """config with the row's overrides and the corruption (a copy; config is untouched)."""
     config = config.copy_and_resolve_references()
+    name, _, severity = corruption.partition(":")
     with config.unlocked():
         for dotted, value in ROWS[row].items():
             section, field = dotted.split(".")
             config[section][field] = value
-        config.data.corruption = "" if corruption == CLEAN else corruption
+        config.data.corruption = "" if name == CLEAN else name
+        if severity:
+            config.data.corruption_severity = int(severity)
         config.train.compare_variants = ()  # each variant is a row of its own (resam_camera)
     return config
 
@@ -115,7 +144,7 @@ def markdown(results: dict[str, dict[str, Any]], config) -> str:
         f"Study on {config.data.dataset} ({config.data.eval_split}), "
         f"model {config.model.model_type} from {config.model.checkpoint or 'random init'}; "
         f"percent, mean ± std over {draws} prompt draw(s); ImageNet-C severity "
-        f"{config.data.corruption_severity}.",
+        f"{config.data.corruption_severity} unless an entry names its own (name:severity).",
     ]
     for corruption, rows in results.items():
         lines += [
@@ -177,7 +206,8 @@ def study(config, workdir: str | Path, rows: list[str], corruptions: list[str]) 
     for corruption in corruptions:
         for row in rows:
             logging.info("study: %s / %s", corruption, row)
-            record = run_row(row_config(config, row, corruption), workdir / corruption / row)
+            config_ = row_config(config, row, corruption)
+            record = run_row(config_, workdir / corruption_dir(corruption) / row)
             results.setdefault(corruption, {})[row] = record
             (workdir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
             (workdir / "results.md").write_text(markdown(results, config))
@@ -190,7 +220,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         rows = parse_names(FLAGS.rows, list(ROWS), "rows")
-        corruptions = parse_names(FLAGS.corruptions, [CLEAN, *CORRUPTIONS], "corruptions")
+        corruptions = parse_corruptions(FLAGS.corruptions)
     except ValueError as e:
         cli.fail(str(e))
     results = cli.run_command(lambda: study(FLAGS.config, FLAGS.workdir, rows, corruptions))
