@@ -57,7 +57,8 @@ class Sam2Config:
     # Computation dtype ("float32" or "bfloat16"); parameters stay float32.
     dtype: str = "float32"
     # Hiera attention: "reference" materialises every [queries, keys] matrix; "chunked" runs the
-    # global blocks over blocks of at most attention_chunk_size queries, each rematerialised.
+    # global blocks over blocks of at most attention_chunk_size queries (FlashAttention's
+    # backward) and the windowed blocks a cache-sized group of windows at a time.
     attention: str = "reference"
     attention_chunk_size: int = 1024
     # "blocks": each Hiera block keeps only its input for the backward pass.

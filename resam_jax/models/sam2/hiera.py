@@ -14,6 +14,7 @@ from resam_jax.models.sam2.layers import (
     attention,
     bicubic_matrix,
     gelu,
+    grouped_window_attention,
     layer_norm,
     max_pool2x2,
 )
@@ -52,6 +53,7 @@ class MultiScaleAttention(nnx.Module):
         q_pool: bool,
         *,
         chunk_size: int | None,
+        grouped: bool = False,
         dtype,
         rngs: nnx.Rngs,
         lora_rank: int | None = None,
@@ -60,6 +62,7 @@ class MultiScaleAttention(nnx.Module):
         self.num_heads = num_heads
         self.q_pool = q_pool
         self.chunk_size = chunk_size
+        self.grouped = grouped
         self.qkv = nnx.Linear(dim, 3 * dim_out, dtype=dtype, rngs=rngs)
         self.proj = nnx.Linear(dim_out, dim_out, dtype=dtype, rngs=rngs)
         # LoRA per third of qkv, sized by the output width (q-pool blocks widen: dim_out = 2 dim).
@@ -90,7 +93,10 @@ class MultiScaleAttention(nnx.Module):
             q = max_pool2x2(q.reshape(b, h, w, -1))
             h, w = q.shape[1:3]
         heads = lambda t: t.reshape(b, -1, self.num_heads, k.shape[-1])  # noqa: E731
-        out = attention(heads(q), heads(k), heads(v), self.chunk_size)
+        if self.grouped:
+            out = grouped_window_attention(heads(q), heads(k), heads(v))
+        else:
+            out = attention(heads(q), heads(k), heads(v), self.chunk_size)
         return self.proj(out.reshape(b, h, w, -1))
 
 
@@ -117,6 +123,7 @@ class MultiScaleBlock(nnx.Module):
             spec.num_heads,
             spec.q_pool,
             chunk_size=config.attention_chunk_size if chunked else None,
+            grouped=config.attention == "chunked" and spec.window_size > 0,
             dtype=dtype,
             rngs=rngs,
             lora_rank=config.lora_rank if lora else None,
