@@ -86,6 +86,32 @@ def test_window_partition_pads_like_reference():
     np.testing.assert_array_equal(window_unpartition(windows, 14, padded, (16, 16)), tokens)
 
 
+@pytest.mark.parametrize("budget", [1, 3 * 2 * 9 * 9 * 4, 1 << 30], ids=["one", "three", "all"])
+def test_grouped_window_attention_is_sdpa(monkeypatch, budget):
+    """Windows a group at a time (one window when even one exceeds the budget, three of the six,
+    all of them), q-pooled queries (fewer than keys): torch's scaled_dot_product_attention, and
+    its gradient."""
+    import torch.nn.functional as F
+
+    from resam_jax.models.sam2 import layers
+
+    monkeypatch.setattr(layers, "WINDOW_GROUP_BYTES", budget)
+    q, k, v = (normal(6, n, 2, 8, seed=30 + i) for i, n in enumerate((4, 9, 9)))
+    heads = lambda x: t(x).transpose(1, 2).requires_grad_()  # noqa: E731
+    tq, tk, tv = heads(q), heads(k), heads(v)
+    expected = F.scaled_dot_product_attention(tq, tk, tv).transpose(1, 2)
+    (expected**3).sum().backward()
+
+    def loss(q, k, v):
+        out = layers.grouped_window_attention(q, k, v)
+        return jnp.sum(out**3), out
+
+    grads, out = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(*map(jnp.asarray, (q, k, v)))
+    close(out, expected.detach(), rtol=1e-5, atol=1e-6)
+    for grad, reference in zip(grads, (tq, tk, tv), strict=True):
+        close(grad, reference.grad.transpose(1, 2), rtol=1e-4, atol=1e-5)
+
+
 def _block_input(index: int) -> np.ndarray:
     """Tokens at block `index`'s input grid and width."""
     spec = CONFIG.blocks()[index]
