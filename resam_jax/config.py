@@ -29,6 +29,9 @@ from resam_jax.data.config import DataConfig
 DEMO_SAM_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "sam_tiny_demo"
 # The small SAM pretrained here on NWPU's source half (tools/pretrain_sam.py), for the study.
 SMALL_NWPU_SAM_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "sam_small_nwpu"
+# The same small SAM pretrained on 384 px tiles of the source half at native resolution, for
+# the native-resolution study (configs/study_nwpu.py; its README has the recipe and scores).
+TILES_NWPU_SAM_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "sam_small_nwpu_tiles"
 
 # SAM 2.1 (config.model.family="sam2"): Meta's sizes as config.model.model_type takes them ->
 # (blocks of their Hiera trunk, Meta's checkpoint file, which python -m

@@ -531,3 +531,7 @@ def test_study_config_adapts_the_packaged_small_sam_on_the_target_half():
     assert "first half" in header["source"]["train_data"]
     assert config.data.train_images == "second_half" and config.data.dataset == "nwpu_vhr10"
     assert header["source"]["pixel_norm"] == config.model.pixel_norm == "unit"
+    # Native resolution: the model was trained on tiles of the size the study cuts, one tile
+    # per input (no resizing).
+    assert "native-resolution tiles of 384 px" in header["source"]["train_data"]
+    assert config.data.tile_size == config.data.image_size == 384
