@@ -407,6 +407,34 @@ def test_resume_after_a_kill_logs_each_step_once_and_refuses_a_changed_config(
     assert [s for s, _ in evaluations] == [4, 8]  # epoch 1 (step 4, re-run) and epoch 2
 
 
+def test_a_run_killed_during_its_last_evaluation_evaluates_again_on_resume(
+    tmp_path, synthetic_data, monkeypatch
+):
+    """Killed while scoring the last epoch (after its last step): the same command must end with
+    that epoch's row, not report the epoch before as the final one."""
+    from resam_jax.run import loop
+
+    workdir = tmp_path / "run"
+    steps = dict(num_epochs=2, log_every_steps=1, checkpoint_every_steps=3, eval_every_epochs=1)
+    evaluate = loop._Run.evaluate
+
+    def killed_at_the_last(self, step, label, student_lora, teacher_lora):
+        if step == 8:
+            raise KeyboardInterrupt  # the session ends mid-evaluation
+        evaluate(self, step, label, student_lora, teacher_lora)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop._Run, "evaluate", killed_at_the_last)
+        with pytest.raises(KeyboardInterrupt):
+            run.train_and_evaluate(small_config(synthetic_data, **steps), workdir)
+    resumed = run.train_and_evaluate(small_config(synthetic_data, **steps), workdir)
+    assert resumed["steps"] == 8
+    assert [label for label, _ in resumed["evaluations"]] == [
+        "supervised epoch 1 (step 4)",
+        "supervised epoch 2 (step 8)",
+    ]
+
+
 def test_sigterm_saves_a_checkpoint_and_the_resumed_run_continues_exactly(
     tmp_path, synthetic_data, monkeypatch
 ):

@@ -254,10 +254,13 @@ def _train(run: _Run, state, data_config, checkpoints, resume_step: int | None):
             diagnostic_rows.append((label, diagnostics))
         if epoch_end:
             epoch_diagnostics.clear()
-        if step % config.train.checkpoint_every_steps == 0 or epoch_end:
-            checkpoints.save(step, state, train_iterator)
         if epoch_end and (epoch % config.train.eval_every_epochs == 0 or step == total_steps):
             run.evaluate(step, f"{name} epoch {epoch} (step {step})", state.lora, teacher(state))
+        # Saved after the evaluation: a run killed during it resumes from an earlier checkpoint
+        # and evaluates again, where a checkpoint at the last step would resume to no steps and
+        # no final row (the epoch before's row would stand in for it).
+        if step % config.train.checkpoint_every_steps == 0 or epoch_end:
+            checkpoints.save(step, state, train_iterator)
         if step < total_steps and preemption.should_stop(step):
             checkpoints.save(step, state, train_iterator)
             logging.warning(
