@@ -9,7 +9,15 @@ from pathlib import Path
 import PIL.Image
 import pytest
 
-from resam_jax.experiments.study import CLEAN, ROWS, parse_corruptions, parse_names, row_config
+from resam_jax.experiments.study import (
+    CLEAN,
+    LABELS,
+    ROWS,
+    figure,
+    parse_corruptions,
+    parse_names,
+    row_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,6 +79,43 @@ def test_study_writes_results_table_and_plot_and_resumes(tmp_path, synthetic_dat
     assert again.returncode == 0, again.stderr[-3000:]
     assert "study: clean / resam" in again.stderr and "training:" not in again.stderr
     assert json.loads((workdir / "results.json").read_text()) == results
+
+
+def test_plot_keeps_each_rows_colour_in_every_panel_and_names_every_row():
+    """Panels that hold different rows (a shift whose rows are still running) draw a row in the
+    same colour everywhere, and the legend names the rows of all panels, not only the last."""
+    import matplotlib.pyplot as plt
+
+    def record(*ious):
+        return {"iou_per_epoch": [(f"epoch {i + 1}", v) for i, v in enumerate(ious)]}
+
+    results = {
+        "clean": {"direct": {"iou_per_epoch": [("Direct SAM", 0.3)]},
+                  "refine_only": record(0.2, 0.1), "resam": record(0.25, 0.2),
+                  "supervised": record(0.35, 0.4)},
+        "fog": {"direct": {"iou_per_epoch": [("Direct SAM", 0.2)]}, "resam": record(0.15, 0.1)},
+        "snow": {"supervised": record(0.3, 0.32)},
+        "contrast": {"resam_ema": record(0.2, 0.2)},
+    }  # fmt: skip
+    fig = figure(results, columns=3)
+
+    def curves(axis) -> dict[float, str]:  # final IoU -> colour, Direct SAM's dashed line left out
+        return {round(float(line.get_ydata()[-1]), 6): line.get_color()
+                for line in axis.get_lines() if line.get_linestyle() != "--"}  # fmt: skip
+
+    try:
+        clean, fog, snow, contrast = (curves(axis) for axis in fig.axes[:4])
+        # ReSAM: the second row drawn under clean, the first under fog.
+        assert clean[20.0] == fog[10.0]
+        assert clean[40.0] == snow[32.0]  # Supervised
+        assert len({clean[10.0], clean[20.0], clean[40.0], contrast[20.0]}) == 4
+        (legend,) = fig.legends
+        names = [text.get_text() for text in legend.get_texts()]
+        drawn = {"direct", "refine_only", "resam", "resam_ema", "supervised"}
+        assert names == [LABELS[r] for r in ROWS if r in drawn]
+        assert [axis.get_visible() for axis in fig.axes] == [True] * 4 + [False] * 2
+    finally:
+        plt.close(fig)
 
 
 def test_unknown_row_or_corruption_is_a_one_line_error(tmp_path, synthetic_data):

@@ -163,40 +163,61 @@ def markdown(results: dict[str, dict[str, Any]], config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
-    """IoU after every epoch (x: epoch, 0 = the source model as the Direct SAM row scored it),
-    one panel per corruption; Direct SAM as a dashed horizontal line."""
+def plot(results: dict[str, dict[str, Any]], path: Path, columns: int = 3) -> None:
+    """figure(results, columns) saved as a PNG at path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    fig = figure(results, columns)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure(results: dict[str, dict[str, Any]], columns: int = 3):
+    """IoU after every epoch (x: epoch, 0 = the source model as the Direct SAM row scored it),
+    one panel per corruption (`columns` to a line); Direct SAM as a dashed horizontal line. A
+    row keeps its colour in every panel and the legend names every row drawn."""
+    import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    figure, axes = plt.subplots(
-        1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False, sharey=True
-    )
-    for axis, (corruption, rows) in zip(axes[0], results.items(), strict=True):
+    colours = {row: f"C{i}" for i, row in enumerate(r for r in ROWS if r != "direct")}
+    lines = min(columns, len(results))
+    fig, axes = plt.subplots(
+        -(-len(results) // lines), lines, squeeze=False, sharey=True,
+        figsize=(4.5 * lines, 3.6 * -(-len(results) // lines)),
+    )  # fmt: skip
+    handles: dict[str, Any] = {}
+    for axis, (corruption, rows) in zip(axes.flat, results.items(), strict=False):
         direct = rows.get("direct")
         for row, record in rows.items():
             values = [100 * iou for _, iou in record["iou_per_epoch"]]
             if row == "direct":
-                axis.axhline(values[-1], color="grey", linestyle="--", label=LABELS[row])
+                handles[row] = axis.axhline(values[-1], color="grey", linestyle="--")
                 continue
             # A row trained with train.eval_before_training=False starts from the source model,
             # which the Direct SAM row scored: that is its point 0.
             first = 0 if record["iou_per_epoch"][0][0].startswith("Direct") else 1
             if first == 1 and direct is not None:
                 first, values = 0, [100 * direct["iou_per_epoch"][-1][1], *values]
-            axis.plot(range(first, first + len(values)), values, marker="o", label=LABELS[row])
+            epochs = range(first, first + len(values))
+            (handles[row],) = axis.plot(epochs, values, marker="o", color=colours[row])
         axis.set_title(corruption)
         axis.set_xlabel("epoch (0 = the source model)")
         axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("IoU (%)")
-    axes[0][-1].legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    for axis in axes.flat[len(results) :]:
+        axis.set_visible(False)
+    for axis in axes[:, 0]:
+        axis.set_ylabel("IoU (%)")
+    order = [row for row in ROWS if row in handles]
+    fig.legend(
+        [handles[r] for r in order], [LABELS[r] for r in order], loc="lower center",
+        ncol=min(len(order), 3), fontsize=8, frameon=False,
+    )  # fmt: skip
+    fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))  # room for the legend
+    return fig
 
 
 def study(config, workdir: str | Path, rows: list[str], corruptions: list[str]) -> dict:
