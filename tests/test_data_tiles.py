@@ -1,6 +1,7 @@
 """Native-resolution tiles (data.tile_size): the grid covers the image, every instance is in
 exactly one tile that holds it whole, tile samples are crops of the image at its own
-resolution, and a tile holding the whole image gives exactly the untiled pipeline's samples."""
+resolution, and a tile holding the whole image gives exactly the untiled pipeline's samples;
+a corrupted scene is corrupted once and its tiles cut from it."""
 
 from __future__ import annotations
 
@@ -159,8 +160,55 @@ def test_one_tile_per_image_gives_the_untiled_samples(data_dir, train):
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_a_corrupted_scene_is_corrupted_once_and_its_tiles_are_cut_from_it(
+    data_dir, monkeypatch, train
+):
+    # The kept corrupted image gives exactly the samples of corrupting it again for every tile,
+    # with one corruption per image instead of one per tile (per epoch and prompt draw).
+    calls = []
+    corrupt = pipeline.corruptions.corrupt
+
+    def counted(image, name, severity, image_id):
+        calls.append(image_id)
+        return corrupt(image, name, severity, image_id)
+
+    monkeypatch.setattr(pipeline.corruptions, "corrupt", counted)
+    pipeline._shared_image_cache.cache_clear()  # kept images outlive a dataset, not this test
+    shifted = dict(corruption="zoom_blur", corruption_severity=2)
+    kept = _samples(_config(data_dir, **shifted), "train", train=train)
+    kept_calls, calls[:] = list(calls), []
+    again = _samples(_config(data_dir, **shifted, corruption_cache_mb=0), "train", train=train)
+    clean = _samples(_config(data_dir), "train", train=train)
+    assert len(kept) == len(again) == len(clean)
+    for a, b in zip(kept, again, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    tiles_seen = [int(s["image_id"]) for s in again if int(s["image_id"]) >= 0]
+    assert len(calls) >= len(tiles_seen) > len(set(tiles_seen))  # images of several tiles
+    assert sorted(kept_calls) == sorted(set(kept_calls)) and set(kept_calls) >= set(tiles_seen)
+    assert any(not np.array_equal(a["weak_image"], c["weak_image"]) for a, c in zip(kept, clean))
+    # Another dataset of the split (the next prompt draw, the next row) finds them kept.
+    calls[:] = []
+    assert len(_samples(_config(data_dir, **shifted), "train", train=train, seed=1)) == len(kept)
+    assert calls == []
+
+
+def test_the_corruption_cache_is_bounded_and_least_recently_used_goes_first():
+    cache = pipeline._ImageCache(max_bytes=300)
+    for key in "abc":
+        cache.put(key, np.zeros(100, np.uint8))
+    assert cache.get("a") is not None  # a is now the most recently used
+    cache.put("d", np.zeros(100, np.uint8))
+    assert cache.get("b") is None and all(cache.get(k) is not None for k in "acd")
+    cache.put("e", np.zeros(301, np.uint8))  # larger than the whole cache: not kept
+    assert cache.get("e") is None and len(cache) == 3
+
+
 def test_tile_fields_are_checked():
     with pytest.raises(ValueError, match="tile_size must be >= 0"):
         DataConfig(tile_size=-1)
     with pytest.raises(ValueError, match="tile_stride must be in 0..tile_size=32"):
         DataConfig(tile_size=32, tile_stride=40)
+    with pytest.raises(ValueError, match="corruption_cache_mb must be >= 0"):
+        DataConfig(corruption_cache_mb=-1)

@@ -24,10 +24,12 @@ images, and the tiles of an image share its image_id.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import io
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -219,6 +221,46 @@ def crop_rle(rle: bytes, source: tuple[int, int], window: Sequence[int]) -> byte
     return mask_utils.encode(crop)["counts"]
 
 
+class _ImageCache:
+    """A thread-safe least-recently-used cache of arrays, bounded by their bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: collections.OrderedDict[Any, np.ndarray] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def emptied(self) -> _ImageCache:
+        return _ImageCache(self.max_bytes)
+
+    def get(self, key) -> np.ndarray | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key, value: np.ndarray) -> None:
+        if value.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = value
+            self._bytes += value.nbytes
+            while self._bytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_image_cache(data_dir, dataset, dataset_config, split, max_bytes) -> _ImageCache:
+    return _ImageCache(max_bytes)
+
+
 class _SampleLoader:
     """(index, (record, first)) -> sample dict. Picklable, so grain can ship it to workers."""
 
@@ -233,9 +275,15 @@ class _SampleLoader:
         self._image_ids = _split_metadata(config, split)["image_ids"]
         self._tiles = split_tile_table(config, split)
         self._source = None  # opened lazily, once per process
+        # One per prepared split, shared by its loaders (the evaluation's prompt draws, the rows
+        # of a study) in this process.
+        self._corrupted = _shared_image_cache(
+            str(Path(config.data_dir).expanduser()), config.dataset, config.dataset_config, split,
+            config.corruption_cache_mb * 2**20,
+        )  # fmt: skip
 
     def __getstate__(self):
-        return {**self.__dict__, "_source": None}
+        return {**self.__dict__, "_source": None, "_corrupted": self._corrupted.emptied()}
 
     def _open(self):
         if self._source is None:
@@ -270,9 +318,15 @@ class _SampleLoader:
         if self._tiles is not None:
             tile = self._tiles[unit]
             if view.corruption:  # the scene is corrupted, then cut: tiles see one corruption
-                image = corruptions.corrupt(
-                    image, view.corruption, view.corruption_severity, image_id
-                )
+                key = (record, view.corruption, view.corruption_severity)
+                corrupted = self._corrupted.get(key)
+                if corrupted is None:
+                    corrupted = corruptions.corrupt(
+                        image, view.corruption, view.corruption_severity, image_id
+                    )
+                    corrupted.setflags(write=False)  # shared by the image's tiles: read only
+                    self._corrupted.put(key, corrupted)
+                image = corrupted
                 view = dataclasses.replace(view, corruption="")
             top, left, height, width = tile.window
             chosen = list(tile.instances[chunk])
