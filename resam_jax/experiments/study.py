@@ -183,11 +183,11 @@ def figure(results: dict[str, dict[str, Any]], columns: int = 3):
     import matplotlib.ticker
 
     colours = {row: f"C{i}" for i, row in enumerate(r for r in ROWS if r != "direct")}
-    lines = min(columns, len(results))
+    ncols = min(columns, len(results))
+    nrows = -(-len(results) // ncols)  # ceil
     fig, axes = plt.subplots(
-        -(-len(results) // lines), lines, squeeze=False, sharey=True,
-        figsize=(4.5 * lines, 3.6 * -(-len(results) // lines)),
-    )  # fmt: skip
+        nrows, ncols, squeeze=False, sharey=True, figsize=(4.5 * ncols, 3.6 * nrows)
+    )
     handles: dict[str, Any] = {}
     for axis, (corruption, rows) in zip(axes.flat, results.items(), strict=False):
         direct = rows.get("direct")
