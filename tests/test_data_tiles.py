@@ -5,6 +5,8 @@ a corrupted scene is corrupted once and its tiles cut from it."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from data_fixtures import nwpu_release
@@ -203,6 +205,9 @@ def test_the_corruption_cache_is_bounded_and_least_recently_used_goes_first():
     assert cache.get("b") is None and all(cache.get(k) is not None for k in "acd")
     cache.put("e", np.zeros(301, np.uint8))  # larger than the whole cache: not kept
     assert cache.get("e") is None and len(cache) == 3
+    # Shipped to a grain worker, a loader's cache arrives empty (its lock and arrays stay here).
+    shipped = pickle.loads(pickle.dumps(cache))
+    assert shipped.max_bytes == 300 and len(shipped) == 0 and len(cache) == 3
 
 
 def test_tile_fields_are_checked():

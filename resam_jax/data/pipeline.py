@@ -222,7 +222,11 @@ def crop_rle(rle: bytes, source: tuple[int, int], window: Sequence[int]) -> byte
 
 
 class _ImageCache:
-    """A thread-safe least-recently-used cache of arrays, bounded by their bytes."""
+    """A thread-safe least-recently-used cache of arrays, bounded by their bytes.
+
+    Pickles as an empty cache of the same bound (its lock and arrays stay in their process), so a
+    loader that holds one can be shipped to grain's worker processes.
+    """
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
@@ -230,8 +234,8 @@ class _ImageCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def emptied(self) -> _ImageCache:
-        return _ImageCache(self.max_bytes)
+    def __reduce__(self):
+        return _ImageCache, (self.max_bytes,)
 
     def get(self, key) -> np.ndarray | None:
         with self._lock:
@@ -283,7 +287,7 @@ class _SampleLoader:
         )  # fmt: skip
 
     def __getstate__(self):
-        return {**self.__dict__, "_source": None, "_corrupted": self._corrupted.emptied()}
+        return {**self.__dict__, "_source": None}
 
     def _open(self):
         if self._source is None:
