@@ -431,20 +431,32 @@ def test_block_kinds_of_every_size(model_type):
         close(block(jnp.asarray(tokens)), expected, rtol=1e-4, atol=2e-4)
 
 
-def test_memory_options_compute_the_same_function(pair):
-    """Chunked global attention and rematerialised blocks give the same encoding and the same
-    gradients; bfloat16 stays within its precision."""
+@pytest.mark.parametrize(
+    "options",
+    [dict(attention="chunked", attention_chunk_size=96, remat="blocks"),
+     dict(attention="dot_product")],
+    ids=["chunked-remat", "dot_product"],
+)  # fmt: skip
+def test_memory_options_compute_the_same_function(pair, options, monkeypatch):
+    """Chunked global attention with rematerialised blocks, and jax.nn.dot_product_attention,
+    give the same encoding and the same gradients; bfloat16 stays within its precision."""
     import dataclasses
 
     from flax import nnx
 
     from resam_jax.models.sam2.checkpoint import sam2_from_params
 
+    fused_calls = []
+    fused = jax.nn.dot_product_attention
+
+    def counted(*args, **kwargs):
+        fused_calls.append(args[0].shape)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", counted)
     _, model = pair
     params = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
-    options = dataclasses.replace(
-        CONFIG, attention="chunked", attention_chunk_size=96, remat="blocks"
-    )
+    options = dataclasses.replace(CONFIG, **options)
     variant = sam2_from_params(options, params)
     images = jnp.asarray(normal(1, CONFIG.image_size, CONFIG.image_size, 3, seed=12))
 
@@ -460,6 +472,8 @@ def test_memory_options_compute_the_same_function(pair):
     expected, embed = encode_and_grad(model)
     actual, variant_embed = encode_and_grad(variant)
     np.testing.assert_allclose(variant_embed, embed, atol=1e-5)
+    # "dot_product" runs every block's attention through it; no other option calls it.
+    assert len(fused_calls) == (CONFIG.depth if options.attention == "dot_product" else 0)
     global_block = ("image_encoder", "trunk", "blocks", CONFIG.global_att_blocks[0])
     for (path, e), (_, a) in zip(nnx.to_flat_state(expected), nnx.to_flat_state(actual)):
         if path[:4] == global_block or path[-2:] == ("patch_embed", "kernel"):
@@ -468,7 +482,7 @@ def test_memory_options_compute_the_same_function(pair):
                 a.get_value(), e.get_value(), atol=1e-5 * scale, err_msg=str(path)
             )
 
-    half = sam2_from_params(dataclasses.replace(CONFIG, dtype="bfloat16"), params)
+    half = sam2_from_params(dataclasses.replace(options, dtype="bfloat16"), params)
     low = nnx.jit(lambda m: m.encode(images)["image_embed"])(half)
     # bfloat16 through the trunk; the neck's top-down sum is float32, as in torch autocast
     assert half.image_encoder.trunk.patch_embed(images).dtype == jnp.bfloat16

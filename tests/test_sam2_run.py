@@ -175,7 +175,7 @@ def test_nwpu_sam2_command_trains_evaluates_and_exports(tiny_run_inputs, tmp_pat
     "override, message",
     [
         ("--config.model.model_type=vit_b", "config.model.model_type='vit_b'; expected one of ('t', 's', 'b+', 'l', 'hiera_t'"),
-        ("--config.model.attention=dot_product", "config.model.attention='dot_product'; expected one of ('reference', 'chunked') (model.family='sam2')"),
+        ("--config.model.attention=flash", "config.model.attention='flash'; expected one of ('reference', 'chunked', 'dot_product') (model.family='sam2')"),
         ("--config.model.family=sam3", "config.model.family='sam3'; expected one of ('sam', 'sam2')"),
     ],
 )  # fmt: skip

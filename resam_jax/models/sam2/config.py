@@ -7,7 +7,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-ATTENTION_IMPLEMENTATIONS = ("reference", "chunked")
+ATTENTION_IMPLEMENTATIONS = ("reference", "chunked", "dot_product")
 # As SAM's (resam_jax.models.sam.architecture): nothing, whole blocks, or a jax.checkpoint
 # policy naming what a block keeps for the backward pass; from the first LoRA block on.
 REMAT_OPTIONS = ("none", "blocks", "dots_with_no_batch_dims_saveable", "dots_saveable")
@@ -58,7 +58,9 @@ class Sam2Config:
     dtype: str = "float32"
     # Hiera attention: "reference" materialises every [queries, keys] matrix; "chunked" runs the
     # global blocks over blocks of at most attention_chunk_size queries (FlashAttention's
-    # backward) and the windowed blocks a cache-sized group of windows at a time.
+    # backward) and the windowed blocks a cache-sized group of windows at a time; "dot_product"
+    # is jax.nn.dot_product_attention in every block (cuDNN's fused kernel on GPU; on CPU, XLA
+    # materialises the scores as "reference" does).
     attention: str = "reference"
     attention_chunk_size: int = 1024
     # "blocks": each Hiera block keeps only its input for the backward pass.

@@ -54,6 +54,7 @@ class MultiScaleAttention(nnx.Module):
         *,
         chunk_size: int | None,
         grouped: bool = False,
+        fused: bool = False,
         dtype,
         rngs: nnx.Rngs,
         lora_rank: int | None = None,
@@ -63,6 +64,7 @@ class MultiScaleAttention(nnx.Module):
         self.q_pool = q_pool
         self.chunk_size = chunk_size
         self.grouped = grouped
+        self.fused = fused
         self.qkv = nnx.Linear(dim, 3 * dim_out, dtype=dtype, rngs=rngs)
         self.proj = nnx.Linear(dim_out, dim_out, dtype=dtype, rngs=rngs)
         # LoRA per third of qkv, sized by the output width (q-pool blocks widen: dim_out = 2 dim).
@@ -93,7 +95,9 @@ class MultiScaleAttention(nnx.Module):
             q = max_pool2x2(q.reshape(b, h, w, -1))
             h, w = q.shape[1:3]
         heads = lambda t: t.reshape(b, -1, self.num_heads, k.shape[-1])  # noqa: E731
-        if self.grouped:
+        if self.fused:
+            out = jax.nn.dot_product_attention(heads(q), heads(k), heads(v))
+        elif self.grouped:
             out = grouped_window_attention(heads(q), heads(k), heads(v))
         else:
             out = attention(heads(q), heads(k), heads(v), self.chunk_size)
@@ -124,6 +128,7 @@ class MultiScaleBlock(nnx.Module):
             spec.q_pool,
             chunk_size=config.attention_chunk_size if chunked else None,
             grouped=config.attention == "chunked" and spec.window_size > 0,
+            fused=config.attention == "dot_product",
             dtype=dtype,
             rngs=rngs,
             lora_rank=config.lora_rank if lora else None,
