@@ -344,7 +344,7 @@ def main() -> None:
         default=None,
         help="one row per implementation and dtype; default: the SamConfig default and "
         f"reference (sam: {', '.join(ATTENTION_IMPLEMENTATIONS)}); sam2: chunked (as the run "
-        "configs) and reference",
+        "configs) and reference (also dot_product)",
     )
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument(
@@ -364,10 +364,12 @@ def main() -> None:
         if args.model_type not in SAM2_SIZES:
             parser.error(f"--model-type={args.model_type} for sam2; expected one of {SAM2_SIZES}")
         args.attention = args.attention or ["chunked", "reference"]
-        bad = set(args.attention) - {"chunked", "reference"}
+        from resam_jax.models.sam2.config import ATTENTION_IMPLEMENTATIONS as SAM2_ATTENTION
+
+        bad = set(args.attention) - set(SAM2_ATTENTION)
         if bad or args.memory_analysis:
             parser.error(
-                "--family sam2 takes --attention chunked | reference, no --memory-analysis"
+                f"--family sam2 takes --attention {' | '.join(SAM2_ATTENTION)}, no --memory-analysis"
             )
         sam2_main(args)
         return
