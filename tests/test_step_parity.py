@@ -380,8 +380,8 @@ def assert_first_adam_update_matches(state, before: nnx.State, public: dict) -> 
     grad_diff = max(float(np.abs(fed[p] - decayed[p]).max()) for p in fed)
 
     def off_formula(update, grad, p):
-        # Rounding: a few float32 ulps of lr in lr g / (sqrt(g^2) + eps), and the update read
-        # back as new - old weights, each rounded to its own ulp.
+        # Rounding: float32 ulps of lr in lr g / (sqrt(g^2) + eps) (1e-5 lr: ~80 of them), and
+        # the update read back as new - old weights, each rounded to its own ulp.
         rounding = 1e-5 * LR + 2 * np.spacing(np.abs(weights[p]) + LR, dtype=np.float32)
         return float((np.abs(update - adam_first_update(grad, LR)) / rounding).max())
 
@@ -394,8 +394,7 @@ def assert_first_adam_update_matches(state, before: nnx.State, public: dict) -> 
     print(
         f"Adam's input gradient max abs diff {grad_diff:.3g} (max {grad_scale:.3g}); updates off "
         f"the formula, in rounding bounds: ours {ours_off:.3g}, public {public_off:.3g}; update "
-        f"max abs diff "
-        f"{update_diff:.3g}"
+        f"max abs diff {update_diff:.3g}"
     )
     assert grad_scale > 1e-4 and grad_diff <= 1e-4 * grad_scale, grad_diff
     assert public_off <= 1, public_off
