@@ -370,10 +370,12 @@ def assert_first_adam_update_matches(state, before: nnx.State, public: dict) -> 
     the coupled decay are)."""
     import optax
 
-    mu = optax.tree_utils.tree_get(state.opt_state, "mu")
-    fed = {p: np.asarray(v.get_value()) / (1 - ADAM_B1) for p, v in nnx.to_flat_state(mu)}
-    weights = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(before)}
-    after = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(state.lora)}
+    def flat(tree) -> dict:
+        return {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(tree)}
+
+    moment = flat(optax.tree_utils.tree_get(state.opt_state, "mu"))
+    fed = {p: m / (1 - ADAM_B1) for p, m in moment.items()}
+    weights, after = flat(before), flat(state.lora)
     assert fed.keys() == public["grads"].keys() == public["updates"].keys()
     decayed = {p: public["grads"][p] + WEIGHT_DECAY * weights[p] for p in fed}
     grad_scale = max(float(np.abs(g).max()) for g in decayed.values())
