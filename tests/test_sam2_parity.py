@@ -444,16 +444,23 @@ def test_memory_options_compute_the_same_function(pair, options, monkeypatch):
 
     from flax import nnx
 
+    from resam_jax.models.sam2 import hiera, layers
     from resam_jax.models.sam2.checkpoint import sam2_from_params
 
-    fused_calls = []
-    fused = jax.nn.dot_product_attention
+    calls = {"dot_product": 0, "chunked": 0, "grouped": 0}
 
-    def counted(*args, **kwargs):
-        fused_calls.append(args[0].shape)
-        return fused(*args, **kwargs)
+    def count(module, name, key):
+        function = getattr(module, name)
 
-    monkeypatch.setattr(jax.nn, "dot_product_attention", counted)
+        def counted(*args, **kwargs):
+            calls[key] += 1
+            return function(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+
+    count(jax.nn, "dot_product_attention", "dot_product")
+    count(layers, "chunked_attention", "chunked")
+    count(hiera, "grouped_window_attention", "grouped")
     _, model = pair
     params = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
     options = dataclasses.replace(CONFIG, **options)
@@ -472,8 +479,19 @@ def test_memory_options_compute_the_same_function(pair, options, monkeypatch):
     expected, embed = encode_and_grad(model)
     actual, variant_embed = encode_and_grad(variant)
     np.testing.assert_allclose(variant_embed, embed, atol=1e-5)
-    # "dot_product" runs every block's attention through it; no other option calls it.
-    assert len(fused_calls) == (CONFIG.depth if options.attention == "dot_product" else 0)
+    # Each block's attention runs through its option's function, and no other: "dot_product"
+    # in every block; "chunked" in the global blocks (their grid is above the chunk size) and
+    # grouped windows in the windowed ones. An option ignored, or given to the wrong blocks, fails.
+    global_blocks = len(CONFIG.global_att_blocks)
+    expected_calls = {
+        "dot_product": {"dot_product": CONFIG.depth, "chunked": 0, "grouped": 0},
+        "chunked": {
+            "dot_product": 0,
+            "chunked": global_blocks,
+            "grouped": CONFIG.depth - global_blocks,
+        },
+    }[options.attention]
+    assert calls == expected_calls
     global_block = ("image_encoder", "trunk", "blocks", CONFIG.global_att_blocks[0])
     for (path, e), (_, a) in zip(nnx.to_flat_state(expected), nnx.to_flat_state(actual)):
         if path[:4] == global_block or path[-2:] == ("patch_embed", "kernel"):

@@ -20,6 +20,10 @@ from resam_jax.models.sam2.layers import (
 )
 
 LN_EPS = 1e-6
+# One block's attention (MultiScaleAttention.implementation): Sam2Config.attention's
+# "reference" and "dot_product" as named there; its "chunked" is "chunked" in the global blocks
+# (query blocks of attention_chunk_size) and "grouped" in the windowed ones.
+BLOCK_ATTENTION = ("reference", "chunked", "grouped", "dot_product")
 
 
 def window_partition(x: jax.Array, window: int) -> tuple[jax.Array, tuple[int, int]]:
@@ -52,19 +56,19 @@ class MultiScaleAttention(nnx.Module):
         num_heads: int,
         q_pool: bool,
         *,
-        chunk_size: int | None,
-        grouped: bool = False,
-        fused: bool = False,
+        implementation: str = "reference",
+        chunk_size: int = 1024,
         dtype,
         rngs: nnx.Rngs,
         lora_rank: int | None = None,
         lora_targets: tuple[str, ...] = (),
     ):
+        if implementation not in BLOCK_ATTENTION:
+            raise ValueError(f"attention {implementation!r}; expected one of {BLOCK_ATTENTION}")
         self.num_heads = num_heads
         self.q_pool = q_pool
+        self.implementation = implementation
         self.chunk_size = chunk_size
-        self.grouped = grouped
-        self.fused = fused
         self.qkv = nnx.Linear(dim, 3 * dim_out, dtype=dtype, rngs=rngs)
         self.proj = nnx.Linear(dim_out, dim_out, dtype=dtype, rngs=rngs)
         # LoRA per third of qkv, sized by the output width (q-pool blocks widen: dim_out = 2 dim).
@@ -94,13 +98,15 @@ class MultiScaleAttention(nnx.Module):
         if self.q_pool:
             q = max_pool2x2(q.reshape(b, h, w, -1))
             h, w = q.shape[1:3]
-        heads = lambda t: t.reshape(b, -1, self.num_heads, k.shape[-1])  # noqa: E731
-        if self.fused:
-            out = jax.nn.dot_product_attention(heads(q), heads(k), heads(v))
-        elif self.grouped:
-            out = grouped_window_attention(heads(q), heads(k), heads(v))
+        q, k, v = (t.reshape(b, -1, self.num_heads, k.shape[-1]) for t in (q, k, v))
+        if self.implementation == "dot_product":
+            out = jax.nn.dot_product_attention(q, k, v)
+        elif self.implementation == "grouped":
+            out = grouped_window_attention(q, k, v)
+        elif self.implementation == "chunked":
+            out = attention(q, k, v, self.chunk_size)
         else:
-            out = attention(heads(q), heads(k), heads(v), self.chunk_size)
+            out = attention(q, k, v)
         return self.proj(out.reshape(b, h, w, -1))
 
 
@@ -120,15 +126,16 @@ class MultiScaleBlock(nnx.Module):
         self.window_size = spec.window_size
         self.q_pool = spec.q_pool
         self.norm1 = layer_norm(spec.dim, LN_EPS, dtype, rngs)
-        chunked = config.attention == "chunked" and spec.window_size == 0
+        implementation = config.attention
+        if implementation == "chunked" and spec.window_size:
+            implementation = "grouped"
         self.attn = MultiScaleAttention(
             spec.dim,
             spec.dim_out,
             spec.num_heads,
             spec.q_pool,
-            chunk_size=config.attention_chunk_size if chunked else None,
-            grouped=config.attention == "chunked" and spec.window_size > 0,
-            fused=config.attention == "dot_product",
+            implementation=implementation,
+            chunk_size=config.attention_chunk_size,
             dtype=dtype,
             rngs=rngs,
             lora_rank=config.lora_rank if lora else None,
