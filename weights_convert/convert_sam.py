@@ -148,37 +148,59 @@ def convert(checkpoint: Path, output: Path, model_type: str = "auto") -> str:
         raise ConversionError(str(e)) from None
 
     source = {"path": str(weights), "sha256": sha256(weights)}
+    done = write_conversion(
+        output, checkpoint, "SAM", source, model_type, read_header,
+        lambda staging: save_sam_params(staging, params, config, source),
+    )  # fmt: skip
+    if done:
+        return done
+    count = sum(int(np.prod(v.shape)) for v in params.values())
+    return f"converted SAM {model_type} ({count / 1e6:.1f}M parameters) from {checkpoint} to {output}/ ({HEADER} + params/)"
+
+
+def write_conversion(
+    output: Path,
+    checkpoint: Path,
+    family: str,
+    source: Mapping[str, str],
+    model_type: str,
+    read_header: Callable[[Path], dict],
+    save: Callable[[Path], None],
+) -> str | None:
+    """Writes a conversion of `checkpoint` into `output` by `save(directory)`: into a staging
+    folder next to it, then renamed, so that an interrupted run leaves nothing half-written.
+    An `output` that already holds this conversion (the same source file, the same model type)
+    is left as it is: the no-op's message is returned. One that holds anything else is refused,
+    so nothing is ever overwritten. `family` ("SAM", "SAM 2") and `read_header` are the
+    family's."""
     if output.exists() and any(output.iterdir()):
         try:
             header = read_header(output)
         except CheckpointError:
             raise ConversionError(
-                f"output directory {output} is not empty and holds no resam-jax checkpoint; "
-                "choose a new directory"
+                f"output directory {output} is not empty and holds no resam-jax {family} "
+                "checkpoint; choose a new directory"
             ) from None
         if (
             header.get("source", {}).get("sha256") == source["sha256"]
             and header.get("model_type") == model_type
         ):
-            return f"{output} already holds this conversion of {checkpoint} (SAM {model_type}); nothing to do"
+            return f"{output} already holds this conversion of {checkpoint} ({family} {model_type}); nothing to do"
         raise ConversionError(
             f"output directory {output} already holds a different checkpoint "
-            f"(SAM {header.get('model_type')} from {header.get('source', {}).get('path')}); "
+            f"({family} {header.get('model_type')} from {header.get('source', {}).get('path')}); "
             "choose a new directory or delete it"
         )
-
-    # Write next to the target and rename, so an interrupted run leaves nothing half-written.
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
-        save_sam_params(staging, params, config, source)
+        save(staging)
         if output.exists():
             output.rmdir()  # empty, checked above
         os.replace(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    count = sum(int(np.prod(v.shape)) for v in params.values())
-    return f"converted SAM {model_type} ({count / 1e6:.1f}M parameters) from {checkpoint} to {output}/ ({HEADER} + params/)"
+    return None
 
 
 def add_model_type_flag(parser: argparse.ArgumentParser, help: str) -> None:

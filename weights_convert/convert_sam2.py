@@ -14,20 +14,12 @@ holds the same conversion is a no-op; one holding anything else is refused.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from resam_jax.models.sam2.checkpoint import (
-    HEADER,
-    CheckpointError,
-    read_header,
-    save_sam2_params,
-)
+from resam_jax.models.sam2.checkpoint import HEADER, read_header, save_sam2_params
 from resam_jax.models.sam2.config import RELEASED_TYPES, sam2_config
 from resam_jax.models.sam2.params import (
     SAM2_1_KEYS,
@@ -36,7 +28,13 @@ from resam_jax.models.sam2.params import (
     detect_model_type,
     torch_to_flax,
 )
-from weights_convert.convert_sam import ConversionError, read_state_dict, run_cli, sha256
+from weights_convert.convert_sam import (
+    ConversionError,
+    read_state_dict,
+    run_cli,
+    sha256,
+    write_conversion,
+)
 
 
 def release_of(video_only: list[str]) -> str:
@@ -79,33 +77,13 @@ def convert(checkpoint: Path, output: Path, model_type: str = "auto") -> str:
 
     release = release_of(video_only)
     source = {"path": str(checkpoint), "sha256": sha256(checkpoint), "release": release}
-    if output.exists() and any(output.iterdir()):
-        try:
-            header = read_header(output)
-        except CheckpointError:
-            raise ConversionError(
-                f"output directory {output} is not empty and holds no resam-jax SAM 2 "
-                "checkpoint; choose a new directory"
-            ) from None
-        if header.get("source", {}).get("sha256") == source["sha256"]:
-            return f"{output} already holds this conversion of {checkpoint}; nothing to do"
-        raise ConversionError(
-            f"output directory {output} already holds a different checkpoint "
-            f"(SAM 2 {header.get('model_type')} from {header.get('source', {}).get('path')}); "
-            "choose a new directory or delete it"
-        )
-
-    # Written next to the target and renamed: an interrupted run leaves nothing half-written.
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        video = {key: state_dict[key] for key in video_only}
-        save_sam2_params(staging, params, config, source, video)
-        if output.exists():
-            output.rmdir()  # empty, checked above
-        os.replace(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    video = {key: state_dict[key] for key in video_only}
+    done = write_conversion(
+        output, checkpoint, "SAM 2", source, detected, read_header,
+        lambda staging: save_sam2_params(staging, params, config, source, video),
+    )  # fmt: skip
+    if done:
+        return done
     count = sum(int(np.prod(v.shape)) for v in params.values())
     ignored = (
         f"; {len(video_only)} video-only keys not used by the image model, kept for export: "

@@ -13,6 +13,26 @@ ATTENTION_IMPLEMENTATIONS = ("reference", "chunked", "dot_product")
 # not the attention scores), or every matmul output.
 REMAT_OPTIONS = ("none", "blocks", "dots_with_no_batch_dims_saveable", "dots_saveable")
 
+DTYPES = ("float32", "bfloat16")
+
+
+def check_options(config) -> None:
+    """The fields both families' configs share (SamConfig, Sam2Config): the computation dtype
+    and the memory options; a ValueError naming the field otherwise."""
+    name = type(config).__name__
+    if config.dtype not in DTYPES:
+        raise ValueError(f"{name}.dtype={config.dtype!r}; expected 'float32' or 'bfloat16'")
+    if config.attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"{name}.attention={config.attention!r}; expected one of {ATTENTION_IMPLEMENTATIONS}"
+        )
+    if config.attention_chunk_size < 1:
+        raise ValueError(
+            f"{name}.attention_chunk_size={config.attention_chunk_size} must be positive"
+        )
+    if config.remat not in REMAT_OPTIONS:
+        raise ValueError(f"{name}.remat={config.remat!r}; expected one of {REMAT_OPTIONS}")
+
 
 @dataclasses.dataclass(frozen=True)
 class SamConfig:
@@ -84,18 +104,7 @@ class SamConfig:
                 f"SamConfig.lora_start_layer={self.lora_start_layer} must be in "
                 f"0..{self.encoder_depth - 1} (or None for no LoRA)"
             )
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"SamConfig.dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
-        if self.attention not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(
-                f"SamConfig.attention={self.attention!r}; expected one of {ATTENTION_IMPLEMENTATIONS}"
-            )
-        if self.attention_chunk_size < 1:
-            raise ValueError(
-                f"SamConfig.attention_chunk_size={self.attention_chunk_size} must be positive"
-            )
-        if self.remat not in REMAT_OPTIONS:
-            raise ValueError(f"SamConfig.remat={self.remat!r}; expected one of {REMAT_OPTIONS}")
+        check_options(self)
 
     @property
     def embed_size(self) -> int:

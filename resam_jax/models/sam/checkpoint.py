@@ -1,6 +1,6 @@
 """Converted SAM checkpoints: an orbax tree of the frozen parameters plus a small JSON header.
 
-Layout of a checkpoint directory:
+Layout of a checkpoint directory (resam_jax.models.checkpoint_files, shared with SAM 2):
     DIR/sam_checkpoint.json   {"format", "model_type", "config": {...}, "source": {...}}
     DIR/params/               orbax StandardCheckpointer tree (nested dict of float32 arrays)
 
@@ -11,7 +11,6 @@ A run's LoRA export (WORKDIR/export/lora) is an orbax tree of the LoRA parameter
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,11 +19,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
+from resam_jax.models import checkpoint_files
+from resam_jax.models.checkpoint_files import HEADER, CheckpointError, flax_paths
 from resam_jax.models.sam.architecture import SamConfig, sam_config
 from resam_jax.models.sam.params import check_params
 from resam_jax.models.sam.sam import Sam
 
-HEADER = "sam_checkpoint.json"
 FORMAT = "resam-jax/sam/1"
 
 
@@ -43,23 +43,6 @@ def conversion_help(directory: str | Path, model_type: str = "vit_b") -> str:
         f"Download {url}, then convert it once:\n  python -m weights_convert.convert_sam "
         f"--checkpoint {url.rsplit('/', 1)[1]} --output {directory}"
     )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be read as a converted SAM checkpoint."""
-
-
-def _orbax_tree(params: Mapping[tuple, np.ndarray]) -> dict:
-    """Flax path -> array as the nested dict orbax stores (its keys are strings)."""
-    return traverse_util.unflatten_dict({tuple(map(str, path)): v for path, v in params.items()})
-
-
-def _flax_paths(tree: Mapping) -> dict[tuple, np.ndarray]:
-    """The inverse of _orbax_tree: list indices are ints in Flax paths."""
-    return {
-        tuple(int(k) if k.isdigit() else k for k in path): np.asarray(value)
-        for path, value in traverse_util.flatten_dict(tree).items()
-    }
 
 
 def _is_lora_export(directory: Path) -> bool:
@@ -130,19 +113,8 @@ def not_a_sam_checkpoint(directory: str | Path) -> str:
 
 
 def read_header(directory: str | Path) -> dict:
-    directory = Path(directory)
-    header_path = directory / HEADER
-    if not header_path.is_file():
-        raise CheckpointError(not_a_sam_checkpoint(directory))
-    try:
-        header = json.loads(header_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{header_path} is not valid JSON: {e}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{header_path}: field 'format' should be {FORMAT!r}, got {header.get('format') if isinstance(header, dict) else header!r}"
-        )
-    return header
+    """A converted SAM checkpoint's header (CheckpointError naming what the folder is if not)."""
+    return checkpoint_files.read_header(directory, FORMAT, not_a_sam_checkpoint)
 
 
 def save_sam_params(
@@ -153,39 +125,14 @@ def save_sam_params(
 ) -> None:
     """Write converted frozen parameters (Flax path -> array) as a checkpoint directory."""
     check_params(params, config, str(source.get("path", "parameters")))
-    directory = Path(directory).resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / "params", _orbax_tree(params), force=True)
-    checkpointer.wait_until_finished()
-    header = {
-        "format": FORMAT,
-        "model_type": config.model_type,
-        "config": dataclasses.asdict(config),
-        "source": dict(source),
-    }
-    (directory / HEADER).write_text(json.dumps(header, indent=2) + "\n")
+    checkpoint_files.write_params(directory, params, config, source, FORMAT)
 
 
 def load_sam_params(directory: str | Path) -> tuple[SamConfig, dict[tuple, np.ndarray]]:
     """Read a checkpoint directory: its SAM config and its parameters (Flax path -> array)."""
     directory = Path(directory).resolve()
     header = read_header(directory)
-    fields = {f.name for f in dataclasses.fields(SamConfig)}
-    stored = {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in header.get("config", {}).items()
-        if k in fields
-    }
-    try:
-        config = sam_config(stored.pop("model_type", header.get("model_type")), **stored)
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{directory / HEADER}: bad field 'config': {e}") from None
-    try:
-        tree = ocp.StandardCheckpointer().restore(directory / "params")
-    except Exception as e:  # orbax raises many types for a damaged tree
-        raise CheckpointError(f"cannot read parameters under {directory / 'params'}: {e}") from None
-    params = _flax_paths(tree)
+    config, params = checkpoint_files.read_params(directory, header, SamConfig, sam_config)
     check_params(params, config, str(directory))
     return config, params
 
@@ -247,7 +194,7 @@ def load_lora(directory: str | Path) -> dict[tuple, np.ndarray]:
         raise CheckpointError(
             f"cannot read {directory} as a LoRA export (a run's export/lora): {e}"
         ) from None
-    adapters = _flax_paths(tree)
+    adapters = flax_paths(tree)
     if not adapters or any(p[-2:-1] not in (("lora_q",), ("lora_v",)) for p in adapters):
         raise CheckpointError(
             f"{directory} is not a LoRA export: expected paths ending in "

@@ -1,4 +1,5 @@
-"""Building blocks shared by SAM's encoder, prompt encoder and decoder."""
+"""Building blocks of SAM's encoder, prompt encoder and decoder; SAM 2's modules use them too
+(resam_jax.models.sam2.layers)."""
 
 from __future__ import annotations
 
@@ -22,22 +23,34 @@ class Buffer(nnx.Variable):
 
 
 class MLP(nnx.Module):
-    """`num_layers` Linear layers with ReLU in between (SAM's mask-decoder MLP)."""
+    """`num_layers` Linear layers, `activation` (ReLU) between them, an optional sigmoid on the
+    output: SAM's mask-decoder MLP, and SAM 2's (sam2_utils.MLP) with its options."""
 
     def __init__(
-        self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, *, dtype, rngs: nnx.Rngs
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        num_layers: int,
+        *,
+        activation=jax.nn.relu,
+        sigmoid_output: bool = False,
+        dtype,
+        rngs: nnx.Rngs,
     ):
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
         self.layers = nnx.List(
             [nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])]
         )
+        self.activation = activation
+        self.sigmoid_output = sigmoid_output
 
     def __call__(self, x):
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
-                x = jax.nn.relu(x)
-        return x
+                x = self.activation(x)
+        return jax.nn.sigmoid(x) if self.sigmoid_output else x
 
 
 class MLPBlock(nnx.Module):

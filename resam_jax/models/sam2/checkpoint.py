@@ -9,45 +9,36 @@ tensors kept aside (so an export loads strictly in `sam2`), and a small JSON hea
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from flax import nnx, traverse_util
+from flax import nnx
 
+from resam_jax.models import checkpoint_files
+from resam_jax.models.checkpoint_files import HEADER
+from resam_jax.models.checkpoint_files import CheckpointError as CheckpointError  # re-exported
 from resam_jax.models.sam.image_encoder import lora_a_init
 from resam_jax.models.sam2.config import Sam2Config, sam2_config
 from resam_jax.models.sam2.model import Sam2
 from resam_jax.models.sam2.params import check_params
 
-HEADER = "sam_checkpoint.json"
 FORMAT = "resam-jax/sam2/1"
 VIDEO_ONLY = "video_only.npz"
 
 
-class CheckpointError(ValueError):
-    """A directory that cannot be read as a converted SAM 2 checkpoint."""
+def not_a_sam2_checkpoint(directory: Path) -> str:
+    return (
+        f"{directory} is not a converted SAM 2 checkpoint: {directory / HEADER} is missing. "
+        "Convert Meta's file once: python -m weights_convert.convert_sam2 --checkpoint "
+        f"sam2.1_hiera_base_plus.pt --output {directory}"
+    )
 
 
 def read_header(directory: str | Path) -> dict:
-    header_path = Path(directory) / HEADER
-    if not header_path.is_file():
-        raise CheckpointError(
-            f"{directory} is not a converted SAM 2 checkpoint: {header_path} is missing. Convert "
-            "Meta's file once: python -m weights_convert.convert_sam2 --checkpoint "
-            f"sam2.1_hiera_base_plus.pt --output {directory}"
-        )
-    try:
-        header = json.loads(header_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{header_path} is not valid JSON: {e}") from None
-    found = header.get("format") if isinstance(header, dict) else header
-    if found != FORMAT:
-        raise CheckpointError(f"{header_path}: field 'format' should be {FORMAT!r}, got {found!r}")
-    return header
+    """A converted SAM 2 checkpoint's header (CheckpointError if it is none)."""
+    return checkpoint_files.read_header(directory, FORMAT, not_a_sam2_checkpoint)
 
 
 def save_sam2_params(
@@ -61,43 +52,16 @@ def save_sam2_params(
     check_params(params, config, str(source.get("path", "parameters")))
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    tree = traverse_util.unflatten_dict({tuple(map(str, p)): v for p, v in params.items()})
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / "params", tree, force=True)
-    checkpointer.wait_until_finished()
     if video_only:
         np.savez(directory / VIDEO_ONLY, **video_only)
-    header = {
-        "format": FORMAT,
-        "model_type": config.model_type,
-        "config": dataclasses.asdict(config),
-        "source": dict(source),
-    }
-    (directory / HEADER).write_text(json.dumps(header, indent=2) + "\n")
+    checkpoint_files.write_params(directory, params, config, source, FORMAT)  # the header last
 
 
 def load_sam2_params(directory: str | Path) -> tuple[Sam2Config, dict[tuple, np.ndarray]]:
     """A checkpoint directory's config and parameters (Flax path -> array)."""
     directory = Path(directory).resolve()
     header = read_header(directory)
-    fields = {f.name for f in dataclasses.fields(Sam2Config)}
-    stored = {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in header.get("config", {}).items()
-        if k in fields
-    }
-    try:
-        config = sam2_config(stored.pop("model_type", header.get("model_type")), **stored)
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{directory / HEADER}: bad field 'config': {e}") from None
-    try:
-        tree = ocp.StandardCheckpointer().restore(directory / "params")
-    except Exception as e:  # orbax raises many types for a damaged tree
-        raise CheckpointError(f"cannot read parameters under {directory / 'params'}: {e}") from None
-    params = {
-        tuple(int(k) if k.isdigit() else k for k in path): np.asarray(value)
-        for path, value in traverse_util.flatten_dict(tree).items()
-    }
+    config, params = checkpoint_files.read_params(directory, header, Sam2Config, sam2_config)
     check_params(params, config, str(directory))
     return config, params
 

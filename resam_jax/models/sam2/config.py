@@ -7,10 +7,15 @@ import dataclasses
 
 import jax.numpy as jnp
 
-ATTENTION_IMPLEMENTATIONS = ("reference", "chunked", "dot_product")
-# As SAM's (resam_jax.models.sam.architecture): nothing, whole blocks, or a jax.checkpoint
-# policy naming what a block keeps for the backward pass; from the first LoRA block on.
-REMAT_OPTIONS = ("none", "blocks", "dots_with_no_batch_dims_saveable", "dots_saveable")
+# As SAM's: the attention implementations and the remat options (nothing, whole blocks, or a
+# jax.checkpoint policy naming what a block keeps for the backward pass; from the first LoRA
+# block on), and their checks.
+from resam_jax.models.sam.architecture import (  # noqa: F401
+    ATTENTION_IMPLEMENTATIONS,
+    REMAT_OPTIONS,
+    check_options,
+)
+
 LORA_TARGETS = ("q", "k", "v")  # the thirds of Hiera's fused qkv projection
 
 
@@ -107,18 +112,7 @@ class Sam2Config:
                 f"Sam2Config.lora_start_layer={self.lora_start_layer} must be in "
                 f"0..{self.depth - 1} (or None for no LoRA)"
             )
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"Sam2Config.dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
-        if self.attention not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(
-                f"Sam2Config.attention={self.attention!r}; expected one of {ATTENTION_IMPLEMENTATIONS}"
-            )
-        if self.attention_chunk_size < 1:
-            raise ValueError(
-                f"Sam2Config.attention_chunk_size={self.attention_chunk_size} must be positive"
-            )
-        if self.remat not in REMAT_OPTIONS:
-            raise ValueError(f"Sam2Config.remat={self.remat!r}; expected one of {REMAT_OPTIONS}")
+        check_options(self)
 
     @property
     def depth(self) -> int:

@@ -7,7 +7,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from resam_jax.models.sam.image_encoder import lora_a_init, remat_block_call
+from resam_jax.models.sam.image_encoder import (
+    lora_a_init,
+    remat_block_call,
+    window_partition,
+    window_unpartition,
+)
 from resam_jax.models.sam2.config import LORA_TARGETS, BlockSpec, Sam2Config
 from resam_jax.models.sam2.layers import (
     MLP,
@@ -24,25 +29,6 @@ LN_EPS = 1e-6
 # "reference" and "dot_product" as named there; its "chunked" is "chunked" in the global blocks
 # (query blocks of attention_chunk_size) and "grouped" in the windowed ones.
 BLOCK_ATTENTION = ("reference", "chunked", "grouped", "dot_product")
-
-
-def window_partition(x: jax.Array, window: int) -> tuple[jax.Array, tuple[int, int]]:
-    """[B, H, W, C] -> [B * nW, window, window, C], zero-padding H and W up to multiples."""
-    b, h, w, c = x.shape
-    pad_h, pad_w = -h % window, -w % window
-    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-    hp, wp = h + pad_h, w + pad_w
-    x = x.reshape(b, hp // window, window, wp // window, window, c)
-    return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c), (hp, wp)
-
-
-def window_unpartition(
-    windows: jax.Array, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]
-) -> jax.Array:
-    """Inverse of `window_partition`, dropping the padding."""
-    (hp, wp), (h, w) = padded_hw, hw
-    x = windows.reshape(-1, hp // window, wp // window, window, window, windows.shape[-1])
-    return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, hp, wp, windows.shape[-1])[:, :h, :w]
 
 
 class MultiScaleAttention(nnx.Module):

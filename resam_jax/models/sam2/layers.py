@@ -7,70 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-
-def gelu(x):
-    # torch.nn.GELU is the exact erf form; flax's default is the tanh approximation.
-    return jax.nn.gelu(x, approximate=False)
-
-
-def layer_norm(num_features: int, eps: float, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """LayerNorm over the last (channel) axis with torch's two-pass variance; on NHWC arrays it
-    is also SAM 2's LayerNorm2d."""
-    return nnx.LayerNorm(num_features, epsilon=eps, dtype=dtype, use_fast_variance=False, rngs=rngs)
-
-
-class Buffer(nnx.Variable):
-    """A constant of the model that is stored in checkpoints but never trained."""
-
-
-class MLP(nnx.Module):
-    """sam2_utils.MLP: `num_layers` Linear layers, `activation` between them, optional sigmoid."""
-
-    def __init__(
-        self,
-        in_dim: int,
-        hidden_dim: int,
-        out_dim: int,
-        num_layers: int,
-        *,
-        activation=jax.nn.relu,
-        sigmoid_output: bool = False,
-        dtype,
-        rngs: nnx.Rngs,
-    ):
-        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nnx.List(
-            [nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])]
-        )
-        self.activation = activation
-        self.sigmoid_output = sigmoid_output
-
-    def __call__(self, x):
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = self.activation(x)
-        return jax.nn.sigmoid(x) if self.sigmoid_output else x
-
-
-class ConvTranspose2x2(nnx.Module):
-    """torch ConvTranspose2d(kernel_size=2, stride=2): each input cell paints a 2x2 block.
-
-    Stride equal to the kernel means no overlap: one einsum and a reshape. The kernel is
-    [2, 2, in, out] (row, column, in, out), pinned by the decoder's parity test.
-    """
-
-    def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
-        init = jax.nn.initializers.lecun_normal()
-        self.kernel = nnx.Param(init(rngs.params(), (2, 2, in_features, out_features)))
-        self.bias = nnx.Param(jnp.zeros((out_features,)))
-        self.dtype = dtype
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        n, h, w, _ = x.shape
-        kernel = self.kernel[...].astype(self.dtype)
-        y = jnp.einsum("nhwc,ijco->nhiwjo", x.astype(self.dtype), kernel)
-        return y.reshape(n, 2 * h, 2 * w, -1) + self.bias[...].astype(self.dtype)
+# Shared with SAM: exact GELU, torch's two-pass LayerNorm (on NHWC arrays also SAM 2's
+# LayerNorm2d), the Buffer variable, sam2_utils.MLP and the 2x2 transposed convolution.
+from resam_jax.models.sam.layers import MLP, Buffer, gelu, layer_norm  # noqa: F401
+from resam_jax.models.sam.mask_decoder import ConvTranspose2x2  # noqa: F401
 
 
 def conv1x1(in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs) -> nnx.Conv:
