@@ -217,12 +217,8 @@ def public_refine(sam, images_weak, points) -> torch.Tensor:
     return (pred_binary * invert_overlap) > 0.5
 
 
-def public_step(sam, lora_params, batch) -> dict:
-    """train_resam's inner loop for one image (SSA weight 0), then one Adam step."""
-    n = int(batch["instance_valid"][0].sum())
-    images_weak, images_strong = view(batch, "weak_image"), view(batch, "strong_image")
-    points = prompts(batch, n)
-    refined = public_refine(sam, images_weak, points)
+def public_boxes(refined, n) -> torch.Tensor:
+    """The Requery boxes of the public loop: each kept mask's [x0, y0, x1, y1], float32 [n, 4]."""
     bboxes = []
     for kept in refined:
         ys, xs = torch.where(kept)
@@ -231,7 +227,16 @@ def public_step(sam, lora_params, batch) -> dict:
                 torch.tensor([xs.min(), ys.min(), xs.max(), ys.max()], dtype=torch.float32)
             )
     assert len(bboxes) == n, "Requery dropped an instance: the public targets would misalign"
-    bboxes = torch.stack(bboxes)
+    return torch.stack(bboxes)
+
+
+def public_step(sam, lora_params, batch) -> dict:
+    """train_resam's inner loop for one image (SSA weight 0), then one Adam step."""
+    n = int(batch["instance_valid"][0].sum())
+    images_weak, images_strong = view(batch, "weak_image"), view(batch, "strong_image")
+    points = prompts(batch, n)
+    refined = public_refine(sam, images_weak, points)
+    bboxes = public_boxes(refined, n)
     # Requery: the teacher re-prompted with the boxes; the student on the strong view.
     with torch.no_grad():
         _, soft_masks, _ = public_forward(sam, images_weak, bboxes)

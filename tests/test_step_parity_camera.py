@@ -57,6 +57,7 @@ from test_step_parity import (
     make_batch,
     max_abs_diff,
     prompts,
+    public_boxes,
     select_instances,
     train_step_of,
     view,
@@ -132,15 +133,7 @@ def camera_step(sam, lora_params, batch) -> dict:
     images_weak, images_strong = view(batch, "weak_image"), view(batch, "strong_image")
     points = prompts(batch, n)
     refined = camera_refine(sam, images_weak, points)
-    bboxes = []
-    for kept in refined:
-        ys, xs = torch.where(kept)
-        if len(xs) > 0:
-            bboxes.append(
-                torch.tensor([xs.min(), ys.min(), xs.max(), ys.max()], dtype=torch.float32)
-            )
-    assert len(bboxes) == n, "Requery dropped an instance: the public targets would misalign"
-    bboxes = torch.stack(bboxes)
+    bboxes = public_boxes(refined, n)
     with torch.no_grad():
         embeddings, soft_masks, _ = public_forward(sam, images_weak, bboxes)
     hard_embeddings, pred_masks, iou_predictions = public_forward(sam, images_strong, points)

@@ -69,6 +69,22 @@ def import_rasterio():
     return rasterio
 
 
+def open_scene(stack: contextlib.ExitStack, image_path: Path):
+    """The raster at `image_path`, open for as long as `stack` is: GDAL's block cache bounded
+    (GDAL_CACHE_MB) and rasterio's NotGeoreferencedWarning silenced (a plain image is a scene
+    in pixel coordinates); PredictError if rasterio cannot read it."""
+    rasterio = import_rasterio()
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+    stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    try:
+        return stack.enter_context(rasterio.open(image_path))
+    except RasterioError as e:
+        raise PredictError(f"cannot read raster {image_path}: {e}") from None
+
+
 def is_georeferenced(dataset) -> bool:
     return not dataset.transform.is_identity
 
@@ -357,23 +373,15 @@ def segment_scene(
     """Run the whole command; returns a summary. `load_model` -> (Sam or Sam2, pixel_norm) is
     called once the inputs have been checked; each instance is what the model's predictor
     (SamPredictor, Sam2ImagePredictor) gives on the tile its prompt is routed to."""
-    rasterio = import_rasterio()
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
-
     from resam_jax.inference.tiling import tile_segmenter
 
+    import_rasterio()  # its absence is said before anything else
     for what, path in (("image", image_path), ("prompts", prompts_path)):
         if not path.is_file():
             raise PredictError(f"{what} file {path} does not exist")
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
-        stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        try:
-            scene = stack.enter_context(rasterio.open(image_path))
-        except RasterioError as e:
-            raise PredictError(f"cannot read raster {image_path}: {e}") from None
+        scene = open_scene(stack, image_path)
         bands = check_bands(scene, bands, image_path)
         prompts = read_prompts(prompts_path, scene, image_path)
         model, pixel_norm = load_model()
@@ -450,20 +458,12 @@ def segment_everything(
     from resam_jax.inference.automatic import MaskSet, SamAutomaticMaskGenerator, box_nms
     from resam_jax.models.sam import Sam
 
-    rasterio = import_rasterio()
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
-
+    import_rasterio()  # its absence is said before anything else
     if not image_path.is_file():
         raise PredictError(f"image file {image_path} does not exist")
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
-        stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        try:
-            scene = stack.enter_context(rasterio.open(image_path))
-        except RasterioError as e:
-            raise PredictError(f"cannot read raster {image_path}: {e}") from None
+        scene = open_scene(stack, image_path)
         bands = check_bands(scene, bands, image_path)
         model, pixel_norm = load_model()
         if not isinstance(model, Sam):
