@@ -9,6 +9,7 @@ final masks identical except pixels whose logit is within float rounding of 0.
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -208,3 +209,42 @@ def test_predict_cli_takes_a_sam2_checkpoint(checkpoint, predictors, tmp_path):
         assert np.abs(saved["iou_predictions"] - iou).max() <= 1e-6
         assert saved["masks"].dtype == bool
         assert_same_masks(saved["masks"].astype(np.float32), masks, logits)
+
+
+def damage_params(directory):
+    for item in (directory / "params").iterdir():
+        if item.is_file():
+            item.write_bytes(b"damaged")
+
+
+def bad_config_field(directory):
+    header = json.loads((directory / "sam_checkpoint.json").read_text())
+    header["config"]["attention"] = "flash"
+    (directory / "sam_checkpoint.json").write_text(json.dumps(header))
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (damage_params, "cannot read parameters under {ckpt}/params"),
+        (bad_config_field, "{ckpt}/sam_checkpoint.json: bad field 'config': Sam2Config.attention"),
+    ],
+    ids=["params", "config"],
+)
+def test_predict_cli_names_what_is_wrong_with_a_sam2_checkpoint(
+    checkpoint, tmp_path, damage, message
+):
+    """A damaged SAM 2 checkpoint is one `error:` line naming the file and the field, exit 2."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint[1], ckpt)
+    damage(ckpt)
+    Image.fromarray(smooth_image(*SIZES["shrink"], seed=3)).save(tmp_path / "x.png")
+    code, output = run_module(
+        "resam_jax.predict",
+        "--checkpoint", str(ckpt), "--image", str(tmp_path / "x.png"), "--point", "120,90,1",
+        "--output", str(tmp_path / "out.npz"),
+    )  # fmt: skip
+    assert code == 2 and "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message.format(ckpt=ckpt) in errors[0], output
+    assert not (tmp_path / "out.npz").exists()
