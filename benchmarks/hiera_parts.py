@@ -16,6 +16,10 @@ of 8), so that a ratio of the whole can be traced to the part that makes it:
   backward (the gradient of sum(sin(out)) with respect to q, k and v);
 - global_attention: 4096 tokens, 8 heads: layers.attention chunked by --chunk-size queries
   against F.scaled_dot_product_attention, forward and forward + backward;
+- attention_products: the global attention's two matrix products alone, (q k^T) v over the 8
+  heads, unscaled, no softmax (the scores materialised): what each side's matmul library does
+  with attention's shapes (contraction over 56, or an output of width 56), against which the
+  fused kernel's time above can be read;
 - block_s1, block_s3_window, block_s3_global: whole MultiScaleBlocks (Hiera-b+ blocks 0, 6 and
   12: stage 1 windowed, stage 3 windowed, stage 3 global) against `sam2`'s, forward.
 
@@ -49,6 +53,7 @@ PARTS = (
     "mlp",
     "window_attention",
     "global_attention",
+    "attention_products",
     "block_s1",
     "block_s3_window",
     "block_s3_global",
@@ -138,6 +143,9 @@ def jax_parts(args: argparse.Namespace) -> dict[str, float]:
     if "global_attention" in args.parts:
         chunked = lambda q, k, v: attention(q, k, v, args.chunk_size)  # noqa: E731
         forward_and_backward("global_attention", chunked, a["global_qkv"])
+    if "attention_products" in args.parts:
+        q, k, v = a["global_qkv"][:, 0].transpose(0, 2, 1, 3)  # [heads, tokens, d] each
+        results["attention_products"] = run(lambda q, k, v: (q @ k.swapaxes(1, 2)) @ v, q, k, v)
     config = sam2_config(
         model_type_of("b+"), attention="chunked", attention_chunk_size=args.chunk_size
     )
@@ -191,6 +199,9 @@ def torch_parts(args: argparse.Namespace) -> dict[str, float]:
         forward_and_backward("window_attention", t["window_qkv"])
     if "global_attention" in args.parts:
         forward_and_backward("global_attention", t["global_qkv"])
+    if "attention_products" in args.parts:
+        q, k, v = t["global_qkv"][:, 0].transpose(1, 2).contiguous()  # [heads, tokens, d] each
+        results["attention_products"] = run(lambda q, k, v: (q @ k.transpose(1, 2)) @ v, q, k, v)
     if any(name in args.parts for name in BLOCKS):
         trunk = torch_sam2(sam2_config(model_type_of("b+"))).image_encoder.trunk
         for name, index in BLOCKS.items():
