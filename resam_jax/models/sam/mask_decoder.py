@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -43,8 +45,17 @@ class Attention(nnx.Module):
         return self.out_proj(out.reshape(*out.shape[:-2], -1))
 
 
+def transformer_mlp(dim: int, mlp_dim: int, *, dtype, rngs: nnx.Rngs) -> nnx.Module:
+    """SAM's token MLP in the two-way transformer (lin1, ReLU, lin2)."""
+    return MLPBlock(dim, mlp_dim, jax.nn.relu, dtype=dtype, rngs=rngs)
+
+
 class TwoWayAttentionBlock(nnx.Module):
-    """Self-attention of tokens, then cross-attention both ways, with an MLP on the tokens."""
+    """Self-attention of tokens, then cross-attention both ways, with an MLP on the tokens.
+
+    SAM 2's transformer is the same (sam2/modeling/sam/transformer.py) but for its attention's
+    arithmetic (F.scaled_dot_product_attention) and its MLP's parameter names: it passes its own
+    `attention` class and `mlp` constructor (resam_jax.models.sam2.mask_decoder)."""
 
     def __init__(
         self,
@@ -55,16 +66,19 @@ class TwoWayAttentionBlock(nnx.Module):
         *,
         dtype,
         rngs: nnx.Rngs,
+        attention: type[nnx.Module] | None = None,
+        mlp: Callable[..., nnx.Module] = transformer_mlp,
     ):
+        attention = attention or Attention
         self.skip_first_layer_pe = skip_first_layer_pe
-        self.self_attn = Attention(dim, num_heads, dtype=dtype, rngs=rngs)
+        self.self_attn = attention(dim, num_heads, dtype=dtype, rngs=rngs)
         self.norm1 = layer_norm(dim, TRANSFORMER_LN_EPS, dtype, rngs)
-        self.cross_attn_token_to_image = Attention(dim, num_heads, 2, dtype=dtype, rngs=rngs)
+        self.cross_attn_token_to_image = attention(dim, num_heads, 2, dtype=dtype, rngs=rngs)
         self.norm2 = layer_norm(dim, TRANSFORMER_LN_EPS, dtype, rngs)
-        self.mlp = MLPBlock(dim, mlp_dim, jax.nn.relu, dtype=dtype, rngs=rngs)
+        self.mlp = mlp(dim, mlp_dim, dtype=dtype, rngs=rngs)
         self.norm3 = layer_norm(dim, TRANSFORMER_LN_EPS, dtype, rngs)
         self.norm4 = layer_norm(dim, TRANSFORMER_LN_EPS, dtype, rngs)
-        self.cross_attn_image_to_token = Attention(dim, num_heads, 2, dtype=dtype, rngs=rngs)
+        self.cross_attn_image_to_token = attention(dim, num_heads, 2, dtype=dtype, rngs=rngs)
 
     def __call__(self, queries, keys, query_pe, key_pe):
         if self.skip_first_layer_pe:
@@ -84,16 +98,27 @@ class TwoWayAttentionBlock(nnx.Module):
 
 
 class TwoWayTransformer(nnx.Module):
+    """`depth` TwoWayAttentionBlocks, then a last token-to-image attention; `attention` and
+    `mlp` as there."""
+
     def __init__(
-        self, dim: int, depth: int, num_heads: int, mlp_dim: int, *, dtype, rngs: nnx.Rngs
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        dtype,
+        rngs: nnx.Rngs,
+        attention: type[nnx.Module] | None = None,
+        mlp: Callable[..., nnx.Module] = transformer_mlp,
     ):
+        attention = attention or Attention
+        parts = dict(dtype=dtype, rngs=rngs, attention=attention, mlp=mlp)
         self.layers = nnx.List(
-            [
-                TwoWayAttentionBlock(dim, num_heads, mlp_dim, i == 0, dtype=dtype, rngs=rngs)
-                for i in range(depth)
-            ]
+            [TwoWayAttentionBlock(dim, num_heads, mlp_dim, i == 0, **parts) for i in range(depth)]
         )
-        self.final_attn_token_to_image = Attention(dim, num_heads, 2, dtype=dtype, rngs=rngs)
+        self.final_attn_token_to_image = attention(dim, num_heads, 2, dtype=dtype, rngs=rngs)
         self.norm_final_attn = layer_norm(dim, TRANSFORMER_LN_EPS, dtype, rngs)
 
     def __call__(self, image_embedding, image_pe, point_embedding):

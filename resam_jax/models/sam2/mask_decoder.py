@@ -1,5 +1,7 @@
 """SAM 2's mask decoder (modeling/sam/mask_decoder.py, transformer.py): SAM's two-way transformer
-with an object-score token, high-resolution skip features and a sigmoid IoU head."""
+(resam_jax.models.sam.mask_decoder's, given SAM 2's attention and token MLP) with an
+object-score token, high-resolution skip features and a sigmoid IoU head; the upscaling
+LayerNorm2d's epsilon is 1e-6."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from resam_jax.models.sam.mask_decoder import TwoWayTransformer
 from resam_jax.models.sam2.config import Sam2Config
 from resam_jax.models.sam2.layers import (
     MLP,
@@ -16,9 +19,6 @@ from resam_jax.models.sam2.layers import (
     gelu,
     layer_norm,
 )
-
-# The two-way transformer keeps torch's default LayerNorm epsilon; the upscaling LN2d uses 1e-6.
-TRANSFORMER_LN_EPS = 1e-5
 
 
 class Attention(nnx.Module):
@@ -40,55 +40,9 @@ class Attention(nnx.Module):
         return self.out_proj(out.reshape(*out.shape[:-2], -1))
 
 
-class TwoWayAttentionBlock(nnx.Module):
-    """Token self-attention, token-to-image and image-to-token cross-attention, token MLP."""
-
-    def __init__(self, config: Sam2Config, skip_first_layer_pe: bool, *, rngs: nnx.Rngs):
-        dim, heads, dtype = config.d_model, config.decoder_num_heads, config.compute_dtype
-        self.skip_first_layer_pe = skip_first_layer_pe
-        self.self_attn = Attention(dim, heads, dtype=dtype, rngs=rngs)
-        self.norm1 = layer_norm(dim, TRANSFORMER_LN_EPS, dtype, rngs)
-        self.cross_attn_token_to_image = Attention(dim, heads, 2, dtype=dtype, rngs=rngs)
-        self.norm2 = layer_norm(dim, TRANSFORMER_LN_EPS, dtype, rngs)
-        self.mlp = MLP(dim, config.decoder_mlp_dim, dim, 2, dtype=dtype, rngs=rngs)
-        self.norm3 = layer_norm(dim, TRANSFORMER_LN_EPS, dtype, rngs)
-        self.norm4 = layer_norm(dim, TRANSFORMER_LN_EPS, dtype, rngs)
-        self.cross_attn_image_to_token = Attention(dim, heads, 2, dtype=dtype, rngs=rngs)
-
-    def __call__(self, queries, keys, query_pe, key_pe):
-        if self.skip_first_layer_pe:
-            queries = self.self_attn(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
-        queries = self.norm1(queries)
-        q, k = queries + query_pe, keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
-        queries = self.norm3(queries + self.mlp(queries))
-        q, k = queries + query_pe, keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
-        return queries, keys
-
-
-class TwoWayTransformer(nnx.Module):
-    def __init__(self, config: Sam2Config, *, rngs: nnx.Rngs):
-        dim, dtype = config.d_model, config.compute_dtype
-        self.layers = nnx.List(
-            [TwoWayAttentionBlock(config, i == 0, rngs=rngs) for i in range(config.decoder_depth)]
-        )
-        self.final_attn_token_to_image = Attention(
-            dim, config.decoder_num_heads, 2, dtype=dtype, rngs=rngs
-        )
-        self.norm_final_attn = layer_norm(dim, TRANSFORMER_LN_EPS, dtype, rngs)
-
-    def __call__(self, image_embedding, image_pe, point_embedding):
-        """image_embedding / image_pe [n, HW, C], point_embedding [n, T, C] -> (tokens, image)."""
-        queries, keys = point_embedding, image_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, image_pe)
-        q, k = queries + point_embedding, keys + image_pe
-        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
-        return queries, keys
+def transformer_mlp(dim: int, mlp_dim: int, *, dtype, rngs: nnx.Rngs) -> MLP:
+    """SAM 2's token MLP in the two-way transformer (sam2_utils.MLP: layers 0 and 1, ReLU)."""
+    return MLP(dim, mlp_dim, dim, 2, dtype=dtype, rngs=rngs)
 
 
 class MaskDecoder(nnx.Module):
@@ -101,7 +55,10 @@ class MaskDecoder(nnx.Module):
         self.num_mask_tokens = config.num_multimask_outputs + 1
         self.stability_delta = config.stability_delta
         self.stability_thresh = config.stability_thresh
-        self.transformer = TwoWayTransformer(config, rngs=rngs)
+        self.transformer = TwoWayTransformer(
+            dim, config.decoder_depth, config.decoder_num_heads, config.decoder_mlp_dim,
+            dtype=dtype, rngs=rngs, attention=Attention, mlp=transformer_mlp,
+        )  # fmt: skip
         embed_init = jax.nn.initializers.normal(1.0)
         self.obj_score_token = nnx.Param(embed_init(rngs.params(), (1, dim)))
         self.iou_token = nnx.Param(embed_init(rngs.params(), (1, dim)))
