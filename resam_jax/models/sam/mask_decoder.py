@@ -66,10 +66,9 @@ class TwoWayAttentionBlock(nnx.Module):
         *,
         dtype,
         rngs: nnx.Rngs,
-        attention: type[nnx.Module] | None = None,
+        attention: type[nnx.Module] = Attention,
         mlp: Callable[..., nnx.Module] = transformer_mlp,
     ):
-        attention = attention or Attention
         self.skip_first_layer_pe = skip_first_layer_pe
         self.self_attn = attention(dim, num_heads, dtype=dtype, rngs=rngs)
         self.norm1 = layer_norm(dim, TRANSFORMER_LN_EPS, dtype, rngs)
@@ -110,10 +109,9 @@ class TwoWayTransformer(nnx.Module):
         *,
         dtype,
         rngs: nnx.Rngs,
-        attention: type[nnx.Module] | None = None,
+        attention: type[nnx.Module] = Attention,
         mlp: Callable[..., nnx.Module] = transformer_mlp,
     ):
-        attention = attention or Attention
         parts = dict(dtype=dtype, rngs=rngs, attention=attention, mlp=mlp)
         self.layers = nnx.List(
             [TwoWayAttentionBlock(dim, num_heads, mlp_dim, i == 0, **parts) for i in range(depth)]
